@@ -1,0 +1,71 @@
+"""Keras-version specifics, in one place.
+
+Everything in acsl_tf that depends on Keras internals or on the layout of
+serialized configs goes through this module, so a Keras upgrade touches one
+file.
+"""
+
+from __future__ import annotations
+
+import keras
+
+PACKAGE = "acsl_tf"
+
+
+def register(cls=None, *, name=None):
+    """Register a class for Keras serialization under the ``acsl_tf`` package.
+
+    ``keras.models.load_model`` then finds it without ``custom_objects``.
+    """
+
+    def deco(c):
+        return keras.saving.register_keras_serializable(package=PACKAGE, name=name)(c)
+
+    return deco(cls) if cls is not None else deco
+
+
+def check_backend():
+    """Raise a clear error unless Keras runs on the TensorFlow backend."""
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
+        raise RuntimeError(
+            "acsl_tf needs the TensorFlow backend of Keras 3. Set the environment "
+            "variable KERAS_BACKEND=tensorflow before importing keras. "
+            f"Received: backend={backend!r}"
+        )
+
+
+def is_functional(model) -> bool:
+    """True for Functional and Sequential models (graph networks)."""
+    return isinstance(model, keras.Model) and hasattr(model, "_run_through_graph")
+
+
+def inbound_keras_tensors(node_config):
+    """Yield ``(layer_name, node_index, tensor_index)`` for every KerasTensor in a
+    serialized inbound node (Keras 3 format: ``{"args": [...], "kwargs": {...}}``)."""
+    found = []
+
+    def walk(x):
+        if isinstance(x, dict):
+            if x.get("class_name") == "__keras_tensor__":
+                h = x["config"]["keras_history"]
+                found.append((h[0], h[1], h[2]))
+                return
+            for v in x.values():
+                walk(v)
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                walk(v)
+
+    if isinstance(node_config, dict):
+        walk(node_config.get("args", []))
+        walk(node_config.get("kwargs", {}))
+    else:
+        walk(node_config)
+    return found
+
+
+def operations(model):
+    """All operations of a functional model, including raw ``keras.ops`` calls
+    (which ``model.layers`` leaves out)."""
+    return list(model.operations)
