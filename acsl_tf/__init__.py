@@ -25,6 +25,9 @@ __all__ = ["__version__"]
 # --- end export ---
 
 # --- tasks: datasets, metrics, models (acsl_tf.datasets, acsl_tf.metrics, acsl_tf.models) ---
+from acsl_tf import datasets  # noqa: E402
+
+__all__ += ["datasets"]
 # --- end tasks ---
 
 # --- distillation (acsl_tf.distill) ---
