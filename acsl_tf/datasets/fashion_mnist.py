@@ -106,7 +106,9 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         )
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise ValueError(f"IDX file {str(path)!r} has a truncated header. Received: path={str(path)!r}")
+        raise ValueError(
+            f"IDX file {str(path)!r} has a truncated header. Received: path={str(path)!r}"
+        )
     dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     expected = int(np.prod(dims)) if dims else 0
     payload = len(raw) - header
@@ -263,7 +265,11 @@ def load_fashion_mnist(path: str | os.PathLike | None = None, *, normalize: bool
             missing = [s for s in _FILES.values() if _find_file(d, s) is None] if d.is_dir() else []
             raise ValueError(
                 "The directory given as `path` does not hold Fashion-MNIST: "
-                + (f"missing {missing} (each may end in .gz). " if d.is_dir() else "it does not exist. ")
+                + (
+                    f"missing {missing} (each may end in .gz). "
+                    if d.is_dir()
+                    else "it does not exist. "
+                )
                 + f"Received: path={str(path)!r}"
             )
         tried.append(f"  - {label}: {d} ({'incomplete' if d.is_dir() else 'not found'})")
@@ -273,9 +279,12 @@ def load_fashion_mnist(path: str | os.PathLike | None = None, *, normalize: bool
         download_error = f"{type(e).__name__}: {e}"
     else:
         (xtr, ytr), (xte, yte) = data
-        data = (np.asarray(xtr, np.uint8), np.asarray(ytr, np.uint8)), (
-            np.asarray(xte, np.uint8),
-            np.asarray(yte, np.uint8),
+        data = (
+            (np.asarray(xtr, np.uint8), np.asarray(ytr, np.uint8)),
+            (
+                np.asarray(xte, np.uint8),
+                np.asarray(yte, np.uint8),
+            ),
         )
         return _normalize(data) if normalize else data
     raise FileNotFoundError(
