@@ -15,7 +15,29 @@ __version__ = "0.1.0"
 __all__ = ["__version__"]
 
 # --- ACSL sparsity training (acsl_tf.affinity/regularizer/wrapper/prune/schedules/callbacks) ---
-# (section owned by the core; do not edit from other sections)
+from acsl_tf import affinity, callbacks, schedules  # noqa: E402
+from acsl_tf.callbacks import BudgetStrength, SparsityTensorBoard  # noqa: E402
+from acsl_tf.prune import get_wrappers, prune_low_correlation, strip_pruning  # noqa: E402
+from acsl_tf.regularizer import CorrelationSparsity  # noqa: E402
+from acsl_tf.schedules import ConstantStrength, PolynomialStrength  # noqa: E402
+from acsl_tf.sparsity import sparsity_report  # noqa: E402
+from acsl_tf.wrapper import PruneLowCorrelation  # noqa: E402
+
+__all__ += [
+    "affinity",
+    "callbacks",
+    "schedules",
+    "BudgetStrength",
+    "SparsityTensorBoard",
+    "get_wrappers",
+    "prune_low_correlation",
+    "strip_pruning",
+    "CorrelationSparsity",
+    "ConstantStrength",
+    "PolynomialStrength",
+    "sparsity_report",
+    "PruneLowCorrelation",
+]
 # --- end ACSL ---
 
 # --- shrink / profile (acsl_tf.graph, acsl_tf.profile, acsl_tf.criteria, acsl_tf.shrink) ---

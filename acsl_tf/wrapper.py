@@ -1,0 +1,335 @@
+"""`PruneLowCorrelation`: the wrapper that makes a BatchNormalization an ACSL unit."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import ops
+
+from acsl_tf import affinity as affinity_lib
+from acsl_tf import schedules as schedules_lib
+from acsl_tf._keras import register
+from acsl_tf.regularizer import CorrelationSparsity
+
+#: Activation layers that may follow a unit and are applied (statelessly) to
+#: the BN output when the affinity statistics are computed.
+STATISTICS_ACTIVATIONS = ("Activation", "ReLU", "LeakyReLU", "ELU")
+
+METHODS = ("acsl", "cap")
+
+
+def _check_float(name, value, lo=None, hi=None, lo_open=False, hi_open=False):
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"`{name}` must be a number. Received: {name}={value!r}") from None
+    bad = not math.isfinite(value)
+    if lo is not None:
+        bad |= value <= lo if lo_open else value < lo
+    if hi is not None:
+        bad |= value >= hi if hi_open else value > hi
+    if bad:
+        lo_s = "" if lo is None else ("(" if lo_open else "[") + f"{lo}"
+        hi_s = "" if hi is None else f"{hi}" + (")" if hi_open else "]")
+        raise ValueError(
+            f"`{name}` must be a finite number in {lo_s or '(-inf'}, {hi_s or 'inf)'}. "
+            f"Received: {name}={value}"
+        )
+    return value
+
+
+@register
+class PruneLowCorrelation(keras.layers.Wrapper):
+    """Wraps a ``BatchNormalization`` unit and puts ACSL's adaptive,
+    correlation-driven L1 penalty on its gamma.
+
+    During training, every ``update_every`` steps, the wrapper computes the
+    C x C channel affinity of the unit's feature map (the BN output after the
+    activation that follows it, ``feature_activation``), keeps a running
+    average of it, turns it into per-channel redundancy scores and then into
+    per-channel weights ``w`` (mean 1 inside the unit). Each call adds the loss
+    ``sum_i lambda_i |gamma_i|`` with
+    ``lambda_i = penalty * schedule(step) * budget_scale * w_i``.
+
+    All of that state lives in non-trainable weights (``affinity``,
+    ``strength``, ``step``, ``updates``, ``budget_scale``), so it is saved with
+    the model and survives a resume. ``direction="uniform"`` keeps ``w = 1``:
+    that is exactly Network Slimming. ``method="cap"`` (context-aware pruning)
+    also trains with a uniform penalty but still tracks the affinity, which the
+    ``"cap"`` pruning criterion of :func:`acsl_tf.shrink` uses.
+
+    You rarely build this directly: :func:`acsl_tf.prune_low_correlation`
+    wraps every prunable unit of a model.
+
+    Args:
+        layer: the ``keras.layers.BatchNormalization`` to wrap (``scale=True``,
+            channels-last).
+        penalty: base strength lambda (>= 0).
+        affinity: ``"cosine"`` or ``"attention"``.
+        direction: ``"redundant"`` (default), ``"informative"`` or ``"uniform"``.
+        temperature: exponent t in ``w_i = r_i^t / mean(r^t)`` (> 0).
+        momentum: EMA momentum of the running affinity, in [0, 1).
+        update_every: compute the affinity every k training steps (>= 1).
+        warmup: number of affinity updates before the weights leave 1.
+        clip: optional ``(lo, hi)`` bounds of the weights.
+        center: subtract channel means before the cosine (Pearson correlation).
+        attention_scale: softmax temperature of the attention affinity.
+        schedule: a :mod:`acsl_tf.schedules` schedule of the strength multiplier.
+        feature_activation: serialized activation layer applied to the BN
+            output before the statistics (set by ``prune_low_correlation``).
+        method: ``"acsl"`` or ``"cap"``.
+        target_flops: optional FLOPs-reduction budget (fraction), read by
+            :class:`acsl_tf.callbacks.BudgetStrength`.
+        target_params: optional parameter-reduction budget (fraction).
+    """
+
+    def __init__(
+        self,
+        layer,
+        penalty: float = 1e-4,
+        affinity: str = "cosine",
+        direction: str = "redundant",
+        temperature: float = 1.0,
+        momentum: float = 0.9,
+        update_every: int = 8,
+        warmup: int = 2,
+        clip=None,
+        center: bool = False,
+        attention_scale: float = 0.1,
+        schedule=None,
+        feature_activation=None,
+        method: str = "acsl",
+        target_flops=None,
+        target_params=None,
+        **kwargs,
+    ):
+        if not isinstance(layer, keras.layers.BatchNormalization):
+            raise ValueError(
+                "PruneLowCorrelation wraps a keras.layers.BatchNormalization (the unit whose "
+                f"gamma is penalised). Received: layer={layer!r} of class "
+                f"{type(layer).__name__}"
+            )
+        if not layer.scale:
+            raise ValueError(
+                f"BatchNormalization {layer.name!r} has scale=False, so it has no gamma to "
+                "penalise. Build it with scale=True or leave it out (ignored_layers)."
+            )
+        kwargs.setdefault("name", f"acsl_{layer.name}")
+        kwargs.setdefault("dtype", layer.dtype_policy)
+        super().__init__(layer, **kwargs)
+        self.penalty = _check_float("penalty", penalty, lo=0.0)
+        if affinity not in affinity_lib.AFFINITIES:
+            raise ValueError(
+                f"`affinity` must be one of {affinity_lib.AFFINITIES}. Received: affinity={affinity!r}"
+            )
+        if direction not in affinity_lib.DIRECTIONS:
+            raise ValueError(
+                f"`direction` must be one of {affinity_lib.DIRECTIONS}. "
+                f"Received: direction={direction!r}"
+            )
+        if method not in METHODS:
+            raise ValueError(f"`method` must be one of {METHODS}. Received: method={method!r}")
+        if method == "cap" and direction != "uniform":
+            raise ValueError(
+                "method='cap' trains with a uniform penalty; use direction='uniform' with it "
+                f"(or method='acsl'). Received: direction={direction!r}"
+            )
+        self.affinity_kind = affinity
+        self.direction = direction
+        self.method = method
+        self.temperature = _check_float("temperature", temperature, lo=0.0, lo_open=True)
+        self.momentum = _check_float("momentum", momentum, lo=0.0, hi=1.0, hi_open=True)
+        if isinstance(update_every, bool) or not isinstance(update_every, int) or update_every < 1:
+            raise ValueError(
+                f"`update_every` must be an integer >= 1. Received: update_every={update_every!r}"
+            )
+        self.update_every = int(update_every)
+        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+            raise ValueError(f"`warmup` must be an integer >= 0. Received: warmup={warmup!r}")
+        self.warmup = int(warmup)
+        if clip is not None:
+            if (
+                not isinstance(clip, (tuple, list))
+                or len(clip) != 2
+                or not (0 <= float(clip[0]) < float(clip[1]))
+            ):
+                raise ValueError(
+                    f"`clip` must be None or a pair (lo, hi) with 0 <= lo < hi. Received: clip={clip!r}"
+                )
+            clip = (float(clip[0]), float(clip[1]))
+        self.clip = clip
+        self.center = bool(center)
+        self.attention_scale = _check_float(
+            "attention_scale", attention_scale, lo=0.0, lo_open=True
+        )
+        self.schedule = schedules_lib.get(schedule)
+        for name, value in (("target_flops", target_flops), ("target_params", target_params)):
+            if value is not None:
+                _check_float(name, value, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+        self.target_flops = None if target_flops is None else float(target_flops)
+        self.target_params = None if target_params is None else float(target_params)
+        self.feature_activation = feature_activation
+        self._feature_act = None
+        if feature_activation is not None:
+            act = keras.saving.deserialize_keras_object(feature_activation)
+            if type(act).__name__ not in STATISTICS_ACTIVATIONS:
+                raise ValueError(
+                    f"`feature_activation` must be one of {STATISTICS_ACTIVATIONS}. "
+                    f"Received: {type(act).__name__}"
+                )
+            self._feature_act = act
+        self.regularizer = CorrelationSparsity(self.penalty)
+
+    @property
+    def tracks_affinity(self) -> bool:
+        """Whether this unit computes affinity statistics during training."""
+        return self.direction != "uniform" or self.method == "cap"
+
+    def build(self, input_shape):
+        axis = self.layer.axis
+        axes = axis if isinstance(axis, (list, tuple)) else [axis]
+        rank = len(input_shape)
+        if len(axes) != 1 or axes[0] % rank != rank - 1:
+            raise ValueError(
+                f"BatchNormalization {self.layer.name!r} normalises axis {axis}; acsl_tf supports "
+                "channels-last units only (axis=-1)."
+            )
+        super().build(input_shape)
+        channels = int(input_shape[-1])
+        self.channels = channels
+        common = dict(trainable=False, autocast=False)
+        self.affinity = self.add_weight(
+            name="affinity",
+            shape=(channels, channels),
+            initializer="zeros",
+            dtype="float32",
+            aggregation="mean",
+            **common,
+        )
+        self.strength = self.add_weight(
+            name="strength",
+            shape=(channels,),
+            initializer="ones",
+            dtype="float32",
+            aggregation="mean",
+            **common,
+        )
+        self.budget_scale = self.add_weight(
+            name="budget_scale",
+            shape=(),
+            initializer="ones",
+            dtype="float32",
+            aggregation="mean",
+            **common,
+        )
+        self.step = self.add_weight(
+            name="step",
+            shape=(),
+            initializer="zeros",
+            dtype="int64",
+            aggregation="only_first_replica",
+            **common,
+        )
+        self.updates = self.add_weight(
+            name="updates",
+            shape=(),
+            initializer="zeros",
+            dtype="int64",
+            aggregation="only_first_replica",
+            **common,
+        )
+
+    def compute_output_shape(self, input_shape):
+        return self.layer.compute_output_shape(input_shape)
+
+    # -- the penalty ---------------------------------------------------------------
+
+    def current_multiplier(self):
+        """``schedule(step) * budget_scale`` as a float32 scalar tensor."""
+        return ops.cast(self.schedule(self.step), "float32") * ops.cast(
+            self.budget_scale, "float32"
+        )
+
+    def channel_penalties(self):
+        """Per-channel strengths ``lambda_i`` (NumPy array) in force now."""
+        lam = self.penalty * self.current_multiplier() * ops.convert_to_tensor(self.strength)
+        return keras.ops.convert_to_numpy(lam)
+
+    def penalty_loss(self):
+        """The loss term ``sum_i lambda_i |gamma_i|`` of this unit."""
+        weights = ops.convert_to_tensor(self.strength) * self.current_multiplier()
+        return self.regularizer(self.layer.gamma, weights)
+
+    # -- statistics ------------------------------------------------------------------
+
+    def redundancy(self):
+        """Per-channel redundancy of the running affinity (NumPy array)."""
+        return keras.ops.convert_to_numpy(affinity_lib.redundancy(self.affinity))
+
+    def _update_statistics(self, outputs):
+        features = outputs
+        if self._feature_act is not None:
+            features = self._feature_act(features)
+        features = ops.stop_gradient(ops.cast(features, "float32"))
+        due = ops.equal(ops.mod(self.step, self.update_every), 0)
+        previous = ops.convert_to_tensor(self.affinity)
+        momentum = self.momentum
+
+        def fresh():
+            a = affinity_lib.channel_affinity(
+                features,
+                self.affinity_kind,
+                center=self.center,
+                attention_scale=self.attention_scale,
+            )
+            first = ops.equal(self.updates, 0)
+            return ops.where(first, a, momentum * previous + (1.0 - momentum) * a)
+
+        new_affinity = ops.cond(due, fresh, lambda: previous)
+        self.affinity.assign(new_affinity)
+        self.updates.assign_add(ops.cast(due, "int64"))
+        if self.direction != "uniform":
+            # Read back: under a distribution strategy the assignment above
+            # averaged the replicas' estimates.
+            synced = ops.convert_to_tensor(self.affinity)
+            weights = affinity_lib.strength_weights(
+                affinity_lib.redundancy(synced),
+                direction=self.direction,
+                temperature=self.temperature,
+                clip=self.clip,
+            )
+            ready = ops.greater_equal(ops.convert_to_tensor(self.updates), self.warmup)
+            self.strength.assign(ops.where(ready, weights, ops.ones_like(weights)))
+
+    def call(self, inputs, training=None, mask=None):
+        outputs = self.layer(inputs, training=training, mask=mask)
+        if training is True:
+            if self.tracks_affinity:
+                self._update_statistics(outputs)
+            self.step.assign_add(1)
+        self.add_loss(self.penalty_loss())
+        return outputs
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "penalty": self.penalty,
+                "affinity": self.affinity_kind,
+                "direction": self.direction,
+                "temperature": self.temperature,
+                "momentum": self.momentum,
+                "update_every": self.update_every,
+                "warmup": self.warmup,
+                "clip": None if self.clip is None else list(self.clip),
+                "center": self.center,
+                "attention_scale": self.attention_scale,
+                "schedule": keras.saving.serialize_keras_object(self.schedule),
+                "feature_activation": self.feature_activation,
+                "method": self.method,
+                "target_flops": self.target_flops,
+                "target_params": self.target_params,
+            }
+        )
+        return config
