@@ -53,4 +53,25 @@ __all__ += ["datasets"]
 # --- end tasks ---
 
 # --- distillation (acsl_tf.distill) ---
+from acsl_tf.distill import Distiller  # noqa: E402
+from acsl_tf.losses import (  # noqa: E402
+    DistillationKLDivergence,
+    SpatialAffinityLoss,
+    affinity_distillation_loss,
+    density_distillation_loss,
+    distillation_kl_divergence,
+    masked_sparse_categorical_crossentropy,
+    spatial_affinity,
+)
+
+__all__ += [
+    "Distiller",
+    "DistillationKLDivergence",
+    "SpatialAffinityLoss",
+    "affinity_distillation_loss",
+    "density_distillation_loss",
+    "distillation_kl_divergence",
+    "masked_sparse_categorical_crossentropy",
+    "spatial_affinity",
+]
 # --- end distillation ---
