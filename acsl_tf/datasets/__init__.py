@@ -13,6 +13,35 @@ Importing this package needs only NumPy; TensorFlow, SciPy and Pillow are
 imported inside the functions that use them.
 """
 
+from acsl_tf.datasets.composite import (
+    BACKGROUND,
+    SEGMENTATION_NUM_CLASSES,
+    counting_dataset,
+    make_counting_set,
+    make_segmentation_set,
+    segmentation_dataset,
+)
+from acsl_tf.datasets.density import (
+    adaptive_sigmas,
+    density_map,
+    downsample_density,
+    gaussian_kernel,
+)
 from acsl_tf.datasets.fashion_mnist import CLASS_NAMES, load_fashion_mnist, read_idx, write_idx
 
-__all__ = ["CLASS_NAMES", "load_fashion_mnist", "read_idx", "write_idx"]
+__all__ = [
+    "BACKGROUND",
+    "CLASS_NAMES",
+    "SEGMENTATION_NUM_CLASSES",
+    "adaptive_sigmas",
+    "counting_dataset",
+    "density_map",
+    "downsample_density",
+    "gaussian_kernel",
+    "load_fashion_mnist",
+    "make_counting_set",
+    "make_segmentation_set",
+    "read_idx",
+    "segmentation_dataset",
+    "write_idx",
+]
