@@ -1,0 +1,441 @@
+"""Keras 3 model -> verified TFLite (LiteRT) flatbuffer."""
+
+from __future__ import annotations
+
+import collections
+import os
+import tempfile
+import time
+
+import numpy as np
+
+from acsl_tf import _io
+from acsl_tf.export import _common
+from acsl_tf.export._report import DEFAULT_TOLERANCES, ExportReport, ParityError, TensorInfo
+from acsl_tf.export._report import compare_outputs as _compare_outputs
+
+QUANTIZATION_MODES = ("none", "float16", "dynamic", "int8")
+
+_LITERT_WHAT = "Running TFLite models (verification, benchmarking)"
+
+
+def _litert():
+    return _common.require("ai_edge_litert.interpreter", _LITERT_WHAT)
+
+
+def _read_tflite(path_or_bytes, argname="tflite_path_or_bytes") -> bytes:
+    """Accept a path or the flatbuffer bytes; check the TFLite file identifier."""
+    if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
+        content = bytes(path_or_bytes)
+    elif isinstance(path_or_bytes, (str, os.PathLike)):
+        p = os.fspath(path_or_bytes)
+        if not os.path.isfile(p):
+            raise FileNotFoundError(
+                f"No TFLite file at {p!r}. Pass an existing .tflite path or the model bytes. "
+                f"Received: {argname}={p!r}"
+            )
+        with open(p, "rb") as f:
+            content = f.read()
+    else:
+        raise TypeError(
+            f"`{argname}` must be a path or bytes. Received: {argname}={type(path_or_bytes).__name__}"
+        )
+    if len(content) < 8 or content[4:8] != b"TFL3":
+        raise ValueError(
+            "This is not a TFLite flatbuffer (the file identifier 'TFL3' is missing at byte 4). "
+            f"Received: {argname} with {len(content)} bytes starting {content[:8]!r}"
+        )
+    return content
+
+
+def _make_interpreter(content: bytes, *, threads: int | None = 1, delegates: bool = True):
+    lite = _litert()
+    kwargs = {"model_content": content, "num_threads": threads}
+    if not delegates:
+        kwargs["experimental_op_resolver_type"] = (
+            lite.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        )
+    return lite.Interpreter(**kwargs)
+
+
+def _tensor_info(d) -> TensorInfo:
+    scale, zp = d.get("quantization", (0.0, 0))
+    return TensorInfo(
+        name=str(d["name"]),
+        shape=[int(s) for s in d.get("shape_signature", d["shape"])],
+        dtype=np.dtype(d["dtype"]).name,
+        scale=float(scale) if scale else None,
+        zero_point=int(zp) if scale else None,
+    )
+
+
+def inspect_tflite(tflite_path_or_bytes) -> dict:
+    """List the operators and I/O tensors of a TFLite model.
+
+    Operators are read with the builtin resolver and no delegates, so the names
+    are the model's own (no ``DELEGATE`` nodes).
+
+    Args:
+        tflite_path_or_bytes: Path to a ``.tflite`` file or its bytes.
+
+    Returns:
+        A dict with ``ops`` (sorted unique names), ``op_counts``, ``op_details``
+        (one entry per node in execution order: ``{"op", "input_dtypes",
+        "output_dtypes", "inputs", "outputs"}``; tensor indices included),
+        ``tensors`` (index -> ``{"name", "shape", "dtype", "bytes"}``),
+        ``inputs`` and ``outputs`` (lists of :class:`TensorInfo`) and their
+        tensor indices ``input_indices`` / ``output_indices``.
+
+    Example:
+    ```python
+    info = acsl_tf.export.inspect_tflite("model.tflite")
+    print(info["ops"])  # ['ADD', 'CONV_2D', 'FULLY_CONNECTED', 'MEAN']
+    ```
+    """
+    content = _read_tflite(tflite_path_or_bytes)
+    it = _make_interpreter(content, threads=1, delegates=False)
+    tensors = {}
+    for d in it.get_tensor_details():
+        shape = [int(s) for s in d["shape"]]
+        dtype = np.dtype(d["dtype"])
+        tensors[int(d["index"])] = {
+            "name": d["name"],
+            "shape": shape,
+            "dtype": dtype.name,
+            "bytes": int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            if shape
+            else dtype.itemsize,
+        }
+    op_details = []
+    for op in it._get_ops_details():
+        ins = [int(i) for i in op["inputs"] if int(i) >= 0]
+        outs = [int(i) for i in op["outputs"] if int(i) >= 0]
+        op_details.append(
+            {
+                "op": op["op_name"],
+                "inputs": ins,
+                "outputs": outs,
+                "input_dtypes": [tensors[i]["dtype"] for i in ins if i in tensors],
+                "output_dtypes": [tensors[i]["dtype"] for i in outs if i in tensors],
+            }
+        )
+    counts = collections.Counter(o["op"] for o in op_details)
+    return {
+        "ops": sorted(counts),
+        "op_counts": dict(sorted(counts.items())),
+        "op_details": op_details,
+        "tensors": tensors,
+        "inputs": [_tensor_info(d) for d in it.get_input_details()],
+        "outputs": [_tensor_info(d) for d in it.get_output_details()],
+        "input_indices": [int(d["index"]) for d in it.get_input_details()],
+        "output_indices": [int(d["index"]) for d in it.get_output_details()],
+    }
+
+
+def run_tflite(tflite_path_or_bytes, x, *, threads: int = 1) -> list[np.ndarray]:
+    """Run a single-input TFLite model on each sample of ``x`` (batch 1).
+
+    Float inputs are quantized, and quantized outputs dequantized, with the
+    tensors' own scale and zero point, so the results are comparable with the
+    Keras model whatever the I/O types.
+
+    Args:
+        tflite_path_or_bytes: Path to a ``.tflite`` file or its bytes.
+        x: Float array of shape ``(N,) + input_shape``.
+        threads: Interpreter threads.
+
+    Returns:
+        One float32 array of shape ``(N,) + output_shape`` per output, in the
+        order of the Keras model's outputs (signature outputs ``output_0``, ...).
+    """
+    content = _read_tflite(tflite_path_or_bytes)
+    it = _make_interpreter(content, threads=threads)
+    signatures = it.get_signature_list()
+    if signatures:
+        key = "serving_default" if "serving_default" in signatures else sorted(signatures)[0]
+        out_names = sorted(signatures[key]["outputs"], key=_natural_key)
+        runner = it.get_signature_runner(key)
+        in_details = runner.get_input_details()
+        out_details = runner.get_output_details()
+        if len(in_details) != 1:
+            raise ValueError(
+                f"Only single-input TFLite models can be run. Received: inputs={sorted(in_details)}"
+            )
+        in_name, in_d = next(iter(in_details.items()))
+        results = [[] for _ in out_names]
+        for sample in x:
+            out = runner(**{in_name: _quantize(sample[None], in_d)})
+            for k, name in enumerate(out_names):
+                results[k].append(_dequantize(out[name], out_details[name]))
+        return [np.concatenate(r, axis=0) for r in results]
+    # Models converted without signatures: use the raw tensor order.
+    in_d = it.get_input_details()[0]
+    sample_shape = (1,) + tuple(np.asarray(x).shape[1:])
+    if tuple(in_d["shape"]) != sample_shape:
+        it.resize_tensor_input(in_d["index"], list(sample_shape))
+    it.allocate_tensors()
+    out_ds = it.get_output_details()
+    results = [[] for _ in out_ds]
+    for sample in x:
+        it.set_tensor(in_d["index"], _quantize(sample[None], in_d))
+        it.invoke()
+        for k, d in enumerate(out_ds):
+            results[k].append(_dequantize(it.get_tensor(d["index"]), d))
+    return [np.concatenate(r, axis=0) for r in results]
+
+
+def _natural_key(name):
+    import re
+
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def _quantize(x, d):
+    dtype = np.dtype(d["dtype"])
+    if np.issubdtype(dtype, np.floating):
+        return x.astype(dtype)
+    scale, zp = d["quantization"]
+    if not scale:
+        return x.astype(dtype)
+    info = np.iinfo(dtype)
+    return np.clip(np.round(x / scale + zp), info.min, info.max).astype(dtype)
+
+
+def _dequantize(y, d):
+    dtype = np.dtype(d["dtype"])
+    scale, zp = d["quantization"]
+    if np.issubdtype(dtype, np.integer) and scale:
+        return ((y.astype(np.float32) - zp) * scale).astype(np.float32)
+    return np.asarray(y, dtype=np.float32)
+
+
+def _convert(model, quantization, calibration, int8_io):
+    """Export to a SavedModel (inference-mode ``serve`` endpoint) and convert it."""
+    import tensorflow as tf
+
+    with tempfile.TemporaryDirectory(prefix="acsl_tf-export-") as d:
+        saved = os.path.join(d, "saved_model")
+        model.export(saved, format="tf_saved_model", verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved)
+        if quantization == "float16":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.target_spec.supported_types = [tf.float16]
+        elif quantization == "dynamic":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        elif quantization == "int8":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+
+            def representative_dataset():
+                for k in range(len(calibration)):
+                    yield [calibration[k : k + 1]]
+
+            converter.representative_dataset = representative_dataset
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            if int8_io:
+                converter.inference_input_type = tf.int8
+                converter.inference_output_type = tf.int8
+        else:
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        try:
+            return converter.convert()
+        except Exception as e:
+            hint = (
+                " Some layer has no int8 builtin kernel; try quantization='dynamic' or replace "
+                "the layer."
+                if quantization == "int8"
+                else ""
+            )
+            raise RuntimeError(
+                f"TFLite conversion failed (quantization={quantization!r}).{hint} "
+                f"Converter error: {e}"
+            ) from e
+
+
+def to_tflite(
+    model,
+    path,
+    *,
+    quantization: str = "none",
+    representative_data=None,
+    int8_io: bool = True,
+    verify: bool = True,
+    overwrite: bool = False,
+    labels=None,
+    num_verify_samples: int = 32,
+    num_calibration_samples: int = 200,
+    tolerance: float | None = None,
+    threads: int = 1,
+) -> ExportReport:
+    """Convert a Keras 3 model to a TFLite flatbuffer, check it, and write it.
+
+    The model is exported to a SavedModel (its inference-mode ``serve``
+    endpoint, as ``model.export`` does) and converted with
+    ``tf.lite.TFLiteConverter.from_saved_model``. With ``verify=True`` the
+    flatbuffer is run with the LiteRT interpreter (``ai_edge_litert``) on sample
+    inputs and compared with the Keras model before anything is written.
+
+    Modes:
+      - ``"none"``: float32.
+      - ``"float16"``: float16 weights (dequantized at load or run in fp16).
+      - ``"dynamic"``: int8 weights, float activations (dynamic-range).
+      - ``"int8"``: full-integer: int8 weights and activations, only
+        ``TFLITE_BUILTINS_INT8`` ops (no float fallback; conversion fails if a
+        layer has no int8 kernel). With ``int8_io=True`` the model's input and
+        output tensors are int8 too (microcontroller style); with
+        ``int8_io=False`` they stay float32 with a ``QUANTIZE`` /
+        ``DEQUANTIZE`` op at the edges. Needs ``representative_data``.
+
+    Parity: the relative error ``max|y_tflite - y_keras| / max(max|y_keras|,
+    1e-3)`` (int8 outputs dequantized) must stay within ``tolerance``
+    (defaults: none 1e-3, float16 1e-2, dynamic 5e-2, int8 1e-1). These are
+    about 10x above what healthy conversions give, so a failure means a broken
+    artifact; then :class:`ParityError` is raised and nothing is written.
+
+    Args:
+        model: A built, single-input Keras 3 model.
+        path: Output ``.tflite`` path. Written atomically.
+        quantization: One of ``"none"``, ``"float16"``, ``"dynamic"``, ``"int8"``.
+        representative_data: Sample inputs, preprocessed like the model's
+            training inputs: a NumPy array ``(N,) + input_shape``, a
+            ``tf.data.Dataset`` (batched or not; ``(x, y)`` elements allowed),
+            a generator, or a callable returning an iterable. Used for int8
+            calibration (first ``num_calibration_samples``; ~100-500 real
+            samples are typical) and, in every mode, as verification inputs
+            (first ``num_verify_samples``). Without it, verification uses
+            uniform random inputs in [0, 1).
+        int8_io: For ``"int8"``: int8 input/output tensors (True) or float32
+            I/O with quantize/dequantize at the edges (False).
+        verify: Run the artifact and compare it with Keras.
+        overwrite: Replace an existing file at ``path``.
+        labels: Optional ground-truth labels aligned with
+            ``representative_data`` (class ids or one-hot; per-pixel ids for
+            dense outputs). The report then has the argmax accuracy of Keras
+            and of the artifact on the verification samples.
+        num_verify_samples: Number of verification inputs.
+        num_calibration_samples: Maximum number of int8 calibration inputs.
+        tolerance: Relative parity tolerance; ``None`` uses the mode's default.
+        threads: Interpreter threads used for verification.
+
+    Returns:
+        An :class:`ExportReport` (path, size, ops, I/O dtypes and shapes,
+        errors, ``passed``, tolerance).
+
+    Raises:
+        TypeError: ``model`` is not a Keras 3 model, or ``path`` is not a path.
+        ValueError: unknown ``quantization``; int8 without
+            ``representative_data``; representative data of the wrong shape or
+            dtype; non-finite weights; a multi-input model.
+        FileExistsError: ``path`` exists and ``overwrite=False``.
+        FileNotFoundError / PermissionError: the directory is missing or not writable.
+        RuntimeError: the converter failed.
+        ParityError: the artifact's outputs differ from Keras beyond ``tolerance``.
+
+    Example:
+    ```python
+    report = acsl_tf.export.to_tflite(
+        model, "model_int8.tflite", quantization="int8",
+        representative_data=x_train[:200])
+    print(report)                    # size, ops, I/O types, parity
+    assert report.inputs[0].dtype == "int8"
+    ```
+    """
+    if quantization not in QUANTIZATION_MODES:
+        raise ValueError(
+            f"`quantization` must be one of {QUANTIZATION_MODES}. "
+            f"Received: quantization={quantization!r}"
+        )
+    for argname, value in (
+        ("num_verify_samples", num_verify_samples),
+        ("num_calibration_samples", num_calibration_samples),
+        ("threads", threads),
+    ):
+        if not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(
+                f"`{argname}` must be a positive integer. Received: {argname}={value!r}"
+            )
+    path = _common.fspath(path)
+    _io.check_writable(path, overwrite=overwrite)
+    input_name, input_shape, _ = _common.input_spec(model)
+    if quantization == "int8" and representative_data is None:
+        raise ValueError(
+            "quantization='int8' needs `representative_data` to calibrate activation ranges: "
+            "pass ~100-500 preprocessed training inputs (NumPy array, tf.data.Dataset or "
+            "generator). Received: representative_data=None"
+        )
+    if verify:
+        _litert()  # fail early with the install hint
+    samples = None
+    if representative_data is not None:
+        samples = _common.collect_samples(
+            representative_data,
+            input_shape,
+            argname="representative_data",
+            limit=max(num_calibration_samples, num_verify_samples),
+        )
+    if labels is not None and samples is None:
+        raise ValueError(
+            "`labels` are aligned with `representative_data`, which is missing. "
+            "Pass the inputs the labels belong to. Received: representative_data=None"
+        )
+    tol = DEFAULT_TOLERANCES[quantization] if tolerance is None else float(tolerance)
+
+    start = time.perf_counter()
+    calibration = samples[:num_calibration_samples] if samples is not None else None
+    content = _convert(model, quantization, calibration, int8_io)
+    seconds = time.perf_counter() - start
+
+    info = inspect_tflite(content)
+    report = ExportReport(
+        path=None,
+        format="tflite",
+        quantization=quantization,
+        size_bytes=len(content),
+        ops=info["ops"],
+        op_counts=info["op_counts"],
+        inputs=info["inputs"],
+        outputs=info["outputs"],
+        tolerance=tol,
+        extra={"conversion_seconds": round(seconds, 3)},
+    )
+    if quantization == "int8":
+        report.extra["num_calibration_samples"] = int(len(calibration))
+        report.extra["int8_io"] = bool(int8_io)
+
+    if verify:
+        if samples is not None:
+            x = samples[:num_verify_samples]
+            report.verify_data = "representative_data"
+        else:
+            if any(s is None for s in input_shape):
+                raise ValueError(
+                    "The model's input shape has undefined dimensions, so random verification "
+                    "inputs cannot be made. Pass `representative_data` or verify=False. "
+                    f"Received: input_shape={input_shape}"
+                )
+            rng = np.random.default_rng(0)
+            x = rng.random((num_verify_samples,) + tuple(input_shape), dtype=np.float32)
+            report.verify_data = "random"
+        y_labels = _common.check_labels(labels, len(x))
+        reference = _common.keras_outputs(model, x)
+        produced = run_tflite(content, x, threads=threads)
+        stats = _compare_outputs(reference, produced, labels=y_labels)
+        report.verified = True
+        report.num_verify_samples = int(len(x))
+        for k, v in stats.items():
+            setattr(report, k, v)
+        report.passed = bool(report.relative_error <= tol)
+        if not report.passed:
+            raise ParityError(
+                f"The TFLite model ({quantization}) does not reproduce the Keras model: "
+                f"relative error {report.relative_error:.3g} > tolerance {tol:g} "
+                f"(max abs error {report.max_abs_error:.3g}). Nothing was written to {path!r}. "
+                "Check the representative data (it must be preprocessed like training "
+                "inputs), try another quantization mode, or pass a larger `tolerance` / "
+                "verify=False to write it anyway. Received: quantization="
+                f"{quantization!r}",
+                report,
+            )
+
+    _io.atomic_write_bytes(path, content, overwrite=overwrite)
+    report.path = path
+    return report
