@@ -44,6 +44,10 @@ __all__ += [
 # --- end shrink ---
 
 # --- export (acsl_tf.export) ---
+from acsl_tf import export  # noqa: E402
+from acsl_tf.export import benchmark_tflite, compare_tflite  # noqa: E402
+
+__all__ += ["export", "benchmark_tflite", "compare_tflite"]
 # --- end export ---
 
 # --- tasks: datasets, metrics, models (acsl_tf.datasets, acsl_tf.metrics, acsl_tf.models) ---
