@@ -351,6 +351,9 @@ class Distiller(keras.Model):
             keras.metrics.Mean(name="affinity_loss") if student_features else None
         )
         self._task_loss_fn = None
+        self._user_task_loss = None
+        if student.built and teacher.built:
+            self.built = True
 
     # ------------------------------------------------------------------ API
 
@@ -368,6 +371,13 @@ class Distiller(keras.Model):
             **kwargs: Passed to ``keras.Model.compile`` (``jit_compile``,
                 ``run_eagerly``, ``steps_per_execution``, ...).
         """
+        if kwargs.get("loss_weights") is not None:
+            raise ValueError(
+                "The Distiller weighs its terms with `task_weight`, `distill_weight` and "
+                "`affinity_weight` (constructor arguments), not `loss_weights`. "
+                f"Received: loss_weights={kwargs['loss_weights']!r}"
+            )
+        self._user_task_loss = loss
         if loss is None:
             if self.task == "classification":
                 loss = keras.losses.SparseCategoricalCrossentropy(
@@ -389,6 +399,18 @@ class Distiller(keras.Model):
                 )
         self._task_loss_fn = loss
         super().compile(optimizer=optimizer, loss=None, metrics=metrics, **kwargs)
+
+    def get_compile_config(self):
+        config = super().get_compile_config()
+        if config and self._user_task_loss is not None:
+            config["loss"] = keras.saving.serialize_keras_object(self._user_task_loss)
+        return config
+
+    def compile_from_config(self, config):
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if self.optimizer is not None and self.built:
+            self.optimizer.build(self.trainable_variables)
 
     def call(self, inputs, training=None):
         return self.student(inputs, training=training)
