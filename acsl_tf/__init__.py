@@ -41,6 +41,22 @@ __all__ += [
 # --- end ACSL ---
 
 # --- shrink / profile (acsl_tf.graph, acsl_tf.profile, acsl_tf.criteria, acsl_tf.shrink) ---
+from acsl_tf import criteria  # noqa: E402
+from acsl_tf.graph import register_layer_handler  # noqa: E402
+from acsl_tf.profile import Profile, profile  # noqa: E402
+from acsl_tf.shrink import ShrinkPlan, ShrinkReport, plan_shrink, shrink, shrink_report  # noqa: E402
+
+__all__ += [
+    "criteria",
+    "register_layer_handler",
+    "Profile",
+    "profile",
+    "ShrinkPlan",
+    "ShrinkReport",
+    "plan_shrink",
+    "shrink",
+    "shrink_report",
+]
 # --- end shrink ---
 
 # --- export (acsl_tf.export) ---
