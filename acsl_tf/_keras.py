@@ -37,7 +37,9 @@ def check_backend():
 
 def is_functional(model) -> bool:
     """True for Functional and Sequential models (graph networks)."""
-    return isinstance(model, keras.Model) and hasattr(model, "_run_through_graph")
+    from keras.src.models.functional import Functional
+
+    return isinstance(model, (Functional, keras.Sequential))
 
 
 def inbound_keras_tensors(node_config):

@@ -40,7 +40,11 @@ def _check_model(model, fn_name):
             "(keras.Input -> layers -> keras.Model), or apply the function to the "
             "functional sub-models it contains."
         )
-    if not model.built or not model.inputs:
+    try:
+        has_inputs = bool(model.built and model.inputs)
+    except (AttributeError, ValueError):
+        has_inputs = False
+    if not has_inputs:
         raise ValueError(
             f"{fn_name} needs a built model with known inputs; call the model on data or "
             f"give the Sequential model an Input first. Received: model={model.name!r}"
