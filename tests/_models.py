@@ -3,20 +3,21 @@
 import keras
 
 
-def small_cnn(input_shape=(8, 8, 3), filters=(6, 8), classes=3, residual=True):
+def small_cnn(input_shape=(8, 8, 3), filters=(6, 8), classes=3, residual=True, synchronized=False):
+    bn = {"synchronized": True} if synchronized else {}
     inp = keras.Input(input_shape, name="img")
     x = keras.layers.Conv2D(filters[0], 3, padding="same", name="c1")(inp)
-    x = keras.layers.BatchNormalization(name="bn1")(x)
+    x = keras.layers.BatchNormalization(name="bn1", **bn)(x)
     x = keras.layers.ReLU(name="r1")(x)
     y = keras.layers.Conv2D(filters[0], 3, padding="same", name="c2")(x)
-    y = keras.layers.BatchNormalization(name="bn2")(y)
+    y = keras.layers.BatchNormalization(name="bn2", **bn)(y)
     if residual:
         x = keras.layers.Add(name="add")([x, y])
     else:
         x = y
     x = keras.layers.Activation("relu", name="a2")(x)
     x = keras.layers.Conv2D(filters[1], 3, padding="same", name="c3")(x)
-    x = keras.layers.BatchNormalization(name="bn3")(x)
+    x = keras.layers.BatchNormalization(name="bn3", **bn)(x)
     x = keras.layers.Activation("relu", name="a3")(x)
     x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
     out = keras.layers.Dense(classes, name="fc")(x)
