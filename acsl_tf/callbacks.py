@@ -117,10 +117,16 @@ class BudgetStrength(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         reduction = self.measure()
         scale = float(keras.ops.convert_to_numpy(self._wrappers[0].budget_scale))
-        if reduction < self._target:
-            scale = min(scale * self.factor, self.max_scale)
-        elif reduction > self._target + self.tolerance:
-            scale = max(scale / self.factor, 1e-6)
+        target = self._target
+        # Proportional multiplicative control: a full `factor` step when far
+        # from the budget, smaller steps close to it (the gammas respond with
+        # a lag, so bang-bang steps overshoot).
+        if reduction < target:
+            scale *= self.factor ** min(1.0, (target - reduction) / target)
+        elif reduction > target + self.tolerance:
+            excess = (reduction - target - self.tolerance) / max(1.0 - target, 1e-6)
+            scale /= self.factor ** min(1.0, excess)
+        scale = float(min(max(scale, 1e-6), self.max_scale))
         for w in self._wrappers:
             w.budget_scale.assign(scale)
         self.history.append({"epoch": epoch, "reduction": reduction, "scale": scale})

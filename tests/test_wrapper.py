@@ -172,8 +172,13 @@ def test_attention_affinity_trains():
 
 def test_save_load_round_trip_and_resume(tmp_path):
     x, y = _data(n=32)
-    w = prune_low_correlation(small_cnn(), penalty=1e-3, update_every=1, warmup=0,
-                              schedule=acsl_tf.PolynomialStrength(0.5, 1.0, 0, 10))
+    w = prune_low_correlation(
+        small_cnn(),
+        penalty=1e-3,
+        update_every=1,
+        warmup=0,
+        schedule=acsl_tf.PolynomialStrength(0.5, 1.0, 0, 10),
+    )
     _compile(w).fit(x, y, epochs=1, batch_size=8, verbose=0)
     path = tmp_path / "wrapped.keras"
     w.save(path)
