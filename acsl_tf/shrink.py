@@ -717,46 +717,30 @@ def _fold_plan(an, keep) -> dict:
         consumers.append((call, ik))
     if not consumers:
         return {}
-    # Probe: rebuild the original graph with removed gammas set to 0 and
-    # expose every consumer's input.
-    tensors = {}
-    ins = []
+    # Probe: execute the original graph eagerly (original layers, nothing is
+    # modified) with the removed channels' gammas taken as 0, and capture
+    # every consumer's input.
+    rng = np.random.default_rng(0)
+    values = {}
     for k in tr.input_keys:
         shp = tuple(d if d is not None else 32 for d in tr.shapes[k][1:])
-        x = keras.Input(shape=shp, dtype=tr.dtypes[k])
-        ins.append(x)
-        tensors[k] = x
-    newl = {}
-    pend = []
+        values[k] = keras.ops.convert_to_tensor(
+            rng.standard_normal((2,) + shp).astype(tr.dtypes[k] or "float32")
+        )
     for call in tr.calls:
         op = call.op
-        if id(op) not in newl:
-            if isinstance(op, keras.layers.Layer):
-                base = op.layer if _graph._is_wrapped_bn(op) else op
-                n = base.__class__.from_config(base.get_config())
-                ws = [np.array(w) for w in base.get_weights()]
-                unit = base.name
-                if unit in removed_units and getattr(base, "scale", False):
-                    ws[0] = ws[0].copy()
-                    ws[0][removed_units[unit]] = 0.0
-                pend.append((n, ws))
-            else:
-                n = op.__class__.from_config(op.get_config())
-            newl[id(op)] = n
-        fill = {id(kt): tensors[k] for kt, k in zip(call.node.input_tensors, call.in_keys)}
+        fill = {id(kt): values[k] for kt, k in zip(call.node.input_tensors, call.in_keys)}
         a, kw = call.node.arguments.fill_in(fill)
-        kw.pop("training", None)
-        out = newl[id(op)](*a, **kw)
+        base = op.layer if _graph._is_wrapped_bn(op) else op
+        if isinstance(base, keras.layers.BatchNormalization) and base.name in removed_units:
+            out = _bn_zeroed(base, a[0], removed_units[base.name])
+        else:
+            if isinstance(op, keras.layers.Layer) and "training" in kw:
+                kw["training"] = False
+            out = op(*a, **kw)
         for k, t in zip(call.out_keys, keras.tree.flatten(out)):
-            tensors[k] = t
-    probe = keras.Model(ins, [tensors[c.in_keys[0]] for c, _ in consumers])
-    for n, ws in pend:
-        n.set_weights(ws)
-    rng = np.random.default_rng(0)
-    feeds = [rng.standard_normal((4,) + tuple(x.shape[1:])).astype("float32") for x in ins]
-    vals = probe(feeds if len(feeds) > 1 else feeds[0], training=False)
-    if not isinstance(vals, (list, tuple)):
-        vals = [vals]
+            values[k] = t
+    vals = [values[c.in_keys[0]] for c, _ in consumers]
     folds = {}
     for (call, ik), v in zip(consumers, vals):
         v = np.asarray(v, dtype=np.float64)
@@ -790,6 +774,16 @@ def _fold_plan(an, keep) -> dict:
                 target = ("mean", nxt[0].op.name)
         folds[target[1]] = (target[0], delta)
     return folds
+
+
+def _bn_zeroed(bn, x, mask):
+    """Inference-mode BN with gamma set to 0 on ``mask``."""
+    gamma = np.asarray(bn.gamma) if bn.scale else np.ones(mask.shape[0], "float32")
+    gamma = np.where(mask, 0.0, gamma).astype("float32")
+    beta = np.asarray(bn.beta) if bn.center else np.zeros(mask.shape[0], "float32")
+    inv = gamma / np.sqrt(np.asarray(bn.moving_variance) + bn.epsilon)
+    shift = beta - np.asarray(bn.moving_mean) * inv
+    return x * inv.astype("float32") + shift.astype("float32")
 
 
 def _apply_fold(op, cfg, ws, fold, out_keep):
