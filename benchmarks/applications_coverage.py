@@ -24,7 +24,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from acsl_tf.graph import groups, keep_features  # noqa: E402
 from acsl_tf.profile import profile  # noqa: E402
 from acsl_tf.shrink import plan_shrink, shrink  # noqa: E402
 
@@ -73,7 +72,7 @@ def randomize_bn(model, seed=0):
 
 
 def zero_removed(model, plan):
-    layers = {l.name: l for l in model._flatten_layers(include_self=False)}
+    layers = {x.name: x for x in model._flatten_layers(include_self=False)}
     for unit, keep in plan.bn_keep.items():
         layer = layers[unit]
         ws = layer.get_weights()

@@ -79,7 +79,9 @@ def test_plan_is_frozen_and_consistent():
     m = small_cnn()
     plan = plan_shrink(m, ratio=0.5)
     assert isinstance(plan, ShrinkPlan)
-    with pytest.raises(Exception):
+    import dataclasses
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
         plan.params_after = 0
     assert plan.params_before == m.count_params()
     assert plan.flops_before == profile(m).total_flops

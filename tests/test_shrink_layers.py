@@ -23,7 +23,7 @@ def randomize_bn(model, seed=0):
             ws = layer.get_weights()
             n = ws[0].shape[0]
             new = []
-            for w, v in zip(ws, layer.weights):
+            for v in layer.weights:
                 nm = v.path.split("/")[-1]
                 if "variance" in nm:
                     new.append(rng.uniform(0.5, 2.0, n).astype("float32"))
@@ -77,7 +77,9 @@ def zero_and_keep(model, frac=0.4, seed=0):
 
 def rand_inputs(model, batch=3, seed=1):
     rng = np.random.default_rng(seed)
-    xs = [rng.standard_normal((batch,) + tuple(x.shape[1:])).astype("float32") for x in model.inputs]
+    xs = [
+        rng.standard_normal((batch,) + tuple(x.shape[1:])).astype("float32") for x in model.inputs
+    ]
     return xs if len(xs) > 1 else xs[0]
 
 
