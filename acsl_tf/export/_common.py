@@ -149,6 +149,8 @@ def collect_samples(data, input_shape, *, argname, limit=None, labels=None):
             f"Received: shapes={sorted(shapes)}"
         )
     out = np.concatenate(arrays, axis=0).astype(np.float32)
+    if len(out) == 0:
+        raise ValueError(f"`{argname}` is empty. Received: {argname}.shape={out.shape}")
     if limit is not None:
         out = out[:limit]
     if not np.all(np.isfinite(out)):

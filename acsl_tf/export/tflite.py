@@ -60,9 +60,17 @@ def _make_interpreter(content: bytes, *, threads: int | None = 1, delegates: boo
 
 def _tensor_info(d) -> TensorInfo:
     scale, zp = d.get("quantization", (0.0, 0))
+    # The allocated (batch 1) shape, with -1 where the signature's batch
+    # dimension is dynamic. (The converter sometimes marks static inner
+    # dimensions as -1 in the signature, e.g. after UpSampling2D, so only the
+    # batch dimension is taken from it.)
+    shape = [int(s) for s in d["shape"]]
+    signature = d.get("shape_signature")
+    if shape and signature is not None and len(signature) and int(signature[0]) < 0:
+        shape[0] = -1
     return TensorInfo(
         name=str(d["name"]),
-        shape=[int(s) for s in d.get("shape_signature", d["shape"])],
+        shape=shape,
         dtype=np.dtype(d["dtype"]).name,
         scale=float(scale) if scale else None,
         zero_point=int(zp) if scale else None,
@@ -94,6 +102,9 @@ def inspect_tflite(tflite_path_or_bytes) -> dict:
     """
     content = _read_tflite(tflite_path_or_bytes)
     it = _make_interpreter(content, threads=1, delegates=False)
+    # Allocation (batch 1) propagates shapes the converter left dynamic, e.g.
+    # after UpSampling2D, so the shapes below are the ones used at run time.
+    it.allocate_tensors()
     tensors = {}
     for d in it.get_tensor_details():
         shape = [int(s) for s in d["shape"]]
