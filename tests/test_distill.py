@@ -340,3 +340,61 @@ def test_errors():
     d = Distiller(s, t)
     with pytest.raises(ValueError, match="compile"):
         d.compute_loss(np.zeros((1, 16, 16, 3), "float32"), np.zeros((1,)))
+
+
+def test_sample_weight_applies_to_task_loss_only():
+    teacher = classifier(16, "teacher")
+    student = classifier(8, "student")
+    x, y = data("classification")
+    d = Distiller(student, teacher)
+    d.compile(optimizer="sgd", run_eagerly=True)
+    res = d.evaluate(
+        x, y, sample_weight=np.zeros(len(y)), batch_size=16, verbose=0, return_dict=True
+    )
+    assert res["task_loss"] == 0.0
+    assert res["distill_loss"] > 0
+    assert res["loss"] == pytest.approx(res["distill_loss"], rel=1e-6)
+
+
+class _Subclassed(keras.Model):
+    def __init__(self, ch, classes=4, **kwargs):
+        super().__init__(**kwargs)
+        self.conv = keras.layers.Conv2D(ch, 3, padding="same", activation="relu")
+        self.gap = keras.layers.GlobalAveragePooling2D()
+        self.fc = keras.layers.Dense(classes)
+
+    def call(self, x):
+        return self.fc(self.gap(self.conv(x)))
+
+
+def test_subclassed_and_sequential_models():
+    x, y = data("classification")
+    student = _Subclassed(4)
+    student(x[:1])
+    teacher = keras.Sequential(
+        [
+            keras.Input((16, 16, 3)),
+            keras.layers.Conv2D(8, 3, padding="same", name="conv"),
+            keras.layers.ReLU(name="feat"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(4),
+        ]
+    )
+    d = Distiller(student, teacher)
+    d.compile(optimizer=keras.optimizers.Adam(1e-2), run_eagerly=True)
+    hist = d.fit(x, y, batch_size=16, epochs=3, verbose=0).history
+    assert hist["loss"][-1] < hist["loss"][0]
+    # feature layers need a graph model
+    with pytest.raises(ValueError, match="Functional or Sequential"):
+        Distiller(student, teacher, student_features=["conv"], teacher_features=["feat"])
+    # a Sequential teacher exposes its layers
+    seq_student = keras.models.clone_model(teacher)
+    d2 = Distiller(seq_student, teacher, student_features=["feat"], teacher_features=["feat"])
+    assert d2._teacher_feature_model.outputs[1].shape[-1] == 8
+    # the output shape of a subclassed model is checked when the loss is traced
+    wrong = _Subclassed(4, classes=5)
+    wrong(x[:1])
+    d3 = Distiller(wrong, teacher)
+    d3.compile(optimizer="sgd", run_eagerly=True)
+    with pytest.raises(ValueError, match="same shape"):
+        d3.evaluate(x, y, verbose=0)
