@@ -25,13 +25,21 @@ def _conv_followed_by_bn(model, exclude=()):
         assert consumers.get(name) == ["BatchNormalization"], (name, consumers.get(name))
 
 
-def _train_step(model, x, y, loss):
-    model.compile(keras.optimizers.SGD(0.01), loss=loss)
+def _train_step(model, x, y, loss, min_fraction=1.0):
+    """One eager SGD step (no tf.function tracing: fast for tiny models)."""
+    import tensorflow as tf
+
+    loss_fn = keras.losses.get(loss) if isinstance(loss, str) else loss
+    opt = keras.optimizers.SGD(0.01)
     before = [w.numpy().copy() for w in model.trainable_weights]
-    out = model.train_on_batch(x, y)
-    assert np.isfinite(out)
+    with tf.GradientTape() as tape:
+        value = keras.ops.mean(loss_fn(y, model(x, training=True)))
+    grads = tape.gradient(value, model.trainable_weights)
+    assert all(g is not None for g in grads)
+    opt.apply(grads, model.trainable_weights)
+    assert np.isfinite(float(value))
     changed = sum(not np.array_equal(a, w.numpy()) for a, w in zip(before, model.trainable_weights))
-    assert changed > 0
+    assert changed >= min_fraction * len(before)
 
 
 def _rng():
@@ -163,8 +171,6 @@ def test_pspnet_resnet50_trains():
 
 def test_cifar_resnet_params_and_training():
     assert M.cifar_resnet(20).count_params() == 274_042
-    m56 = M.cifar_resnet(56)
-    assert m56.count_params() == 860_026 and m56.name == "resnet56"
     m = M.cifar_resnet(20, num_classes=4, input_shape=(16, 16, 3), width=0.25)
     assert m.output_shape == (None, 4)
     _conv_followed_by_bn(m)
@@ -179,6 +185,13 @@ def test_cifar_resnet_params_and_training():
         M.cifar_resnet(18)
 
 
+@pytest.mark.slow
+def test_cifar_resnet56_params():
+    m56 = M.cifar_resnet(56)
+    assert m56.count_params() == 860_026 and m56.name == "resnet56"
+    assert len([la for la in m56.layers if isinstance(la, keras.layers.Add)]) == 27
+
+
 def test_vgg_small():
     m = M.vgg_small()
     assert m.count_params() == 289_066 and m.output_shape == (None, 10)
@@ -188,7 +201,7 @@ def test_vgg_small():
     _train_step(
         s, x, np.array([0, 1, 2, 3]), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     )
-    p = M.vgg_small(width=0.25, classifier_activation="softmax").predict(x, verbose=0)
+    p = M.vgg_small(width=0.25, classifier_activation="softmax")(x).numpy()
     np.testing.assert_allclose(p.sum(1), 1.0, rtol=1e-5)
 
 
@@ -197,7 +210,11 @@ def test_mobilenet_v2():
     assert m.output_shape == (None, 5)
     x = _rng().uniform(size=(2, 32, 32, 3)).astype("float32")
     _train_step(
-        m, x, np.array([0, 4]), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        m,
+        x,
+        np.array([0, 4]),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        min_fraction=0.9,  # a few ReLU6-saturated units get no gradient at random init
     )
     with pytest.raises(ValueError, match="at least 32"):
         M.mobilenet_v2((16, 16, 3))
@@ -231,7 +248,7 @@ def test_shrink_reduces_params_and_keeps_output_shape(name):
     assert small.output_shape == model.output_shape
     assert small.count_params() < model.count_params()
     x = _rng().uniform(size=(1,) + tuple(model.input_shape[1:])).astype("float32")
-    assert small.predict(x, verbose=0).shape == model.predict(x, verbose=0).shape
+    assert small(x).shape == model(x).shape
 
 
 @pytest.mark.slow
