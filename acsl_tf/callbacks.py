@@ -176,6 +176,13 @@ class SparsityTensorBoard(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         import tensorflow as tf
 
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            raise ImportError(
+                "SparsityTensorBoard writes histograms and images, which needs the "
+                "`tensorboard` package: pip install tensorboard  (or acsl_tf[tensorboard])"
+            ) from None
         self._wrappers = _wrappers_or_raise(self.model, "SparsityTensorBoard")
         self._writer = tf.summary.create_file_writer(self.log_dir)
 
