@@ -67,9 +67,9 @@ __all__ += ["export", "benchmark_tflite", "compare_tflite"]
 # --- end export ---
 
 # --- tasks: datasets, metrics, models (acsl_tf.datasets, acsl_tf.metrics, acsl_tf.models) ---
-from acsl_tf import datasets  # noqa: E402
+from acsl_tf import datasets, metrics, models  # noqa: E402
 
-__all__ += ["datasets"]
+__all__ += ["datasets", "metrics", "models"]
 # --- end tasks ---
 
 # --- distillation (acsl_tf.distill) ---
