@@ -568,7 +568,8 @@ class WrappedBNHandler(BatchNormHandler):
         )
 
     def params(self, layer, in_c, out_c):
-        return None
+        # counted as the plain BN that strip_pruning leaves
+        return len(layer.layer.weights) * in_c[0]
 
 
 class ProducerHandler(LayerHandler):

@@ -265,3 +265,29 @@ def test_public_reexports():
     for n in ("profile", "plan_shrink", "shrink", "shrink_report", "register_layer_handler"):
         assert n in acsl_tf.__all__
         assert callable(getattr(acsl_tf, n))
+
+
+def test_wrapped_model_shrinks_to_plain_model():
+    from acsl_tf.prune import prune_low_correlation
+
+    m = small_cnn()
+    set_bn(m.get_layer("bn1"), gamma=[0.0, 1, 0.0, 1, 1, 1, 1, 1], beta=[0.0] * 8)
+    wrapped = prune_low_correlation(m)
+    assert any(isinstance(x, keras.layers.Wrapper) for x in wrapped.layers)
+    seen = []
+
+    def spy(unit):
+        seen.append((unit.name, type(unit.wrapper).__name__))
+        return unit.gamma
+
+    register_criterion("test_spy", spy)
+    plan = plan_shrink(wrapped, ratio=2 / 14, criterion="test_spy")
+    assert ("bn1", "PruneLowCorrelation") in seen
+    assert plan.bn_keep["bn1"] == (1, 3, 4, 5, 6, 7)
+    assert plan.params_before == m.count_params()
+    small = shrink(wrapped, plan=plan)
+    assert not any(isinstance(x, keras.layers.Wrapper) for x in small.layers)
+    assert small.get_layer("bn1").gamma.shape == (6,)
+    assert small.count_params() == plan.params_after
+    y0 = np.asarray(m(X, training=False))
+    np.testing.assert_allclose(y0, np.asarray(small(X, training=False)), atol=1e-5)
