@@ -109,6 +109,10 @@ def to_onnx(
         )
     name = input_name or keras_name or "input"
     tol = DEFAULT_TOLERANCES["onnx"] if tolerance is None else float(tolerance)
+    if not tol >= 0:
+        raise ValueError(
+            f"`tolerance` must be a non-negative number. Received: tolerance={tolerance!r}"
+        )
 
     import tensorflow as tf
 

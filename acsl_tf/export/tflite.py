@@ -389,6 +389,10 @@ def to_tflite(
             "Pass the inputs the labels belong to. Received: representative_data=None"
         )
     tol = DEFAULT_TOLERANCES[quantization] if tolerance is None else float(tolerance)
+    if not tol >= 0:
+        raise ValueError(
+            f"`tolerance` must be a non-negative number. Received: tolerance={tolerance!r}"
+        )
 
     start = time.perf_counter()
     calibration = samples[:num_calibration_samples] if samples is not None else None
