@@ -13,6 +13,16 @@ Importing this package needs only NumPy; TensorFlow, SciPy and Pillow are
 imported inside the functions that use them.
 """
 
+from acsl_tf.datasets.benchmarks import (
+    CAMVID_CLASSES,
+    CITYSCAPES_CLASSES,
+    Samples,
+    cityscapes_train_ids,
+    load_camvid,
+    load_cityscapes,
+    load_mall,
+    load_shanghaitech,
+)
 from acsl_tf.datasets.composite import (
     BACKGROUND,
     SEGMENTATION_NUM_CLASSES,
@@ -31,7 +41,15 @@ from acsl_tf.datasets.fashion_mnist import CLASS_NAMES, load_fashion_mnist, read
 
 __all__ = [
     "BACKGROUND",
+    "CAMVID_CLASSES",
+    "CITYSCAPES_CLASSES",
     "CLASS_NAMES",
+    "Samples",
+    "cityscapes_train_ids",
+    "load_camvid",
+    "load_cityscapes",
+    "load_mall",
+    "load_shanghaitech",
     "SEGMENTATION_NUM_CLASSES",
     "adaptive_sigmas",
     "counting_dataset",
