@@ -134,6 +134,17 @@ def _feature_model(model: keras.Model, names: list[str], role: str, arg: str) ->
     )
 
 
+class _FunctionLoss(keras.losses.Loss):
+    """A loss function ``fn(y_true, y_pred)`` with Keras' reduction and sample weights."""
+
+    def __init__(self, fn):
+        super().__init__(name="task_loss")
+        self.fn = fn
+
+    def call(self, y_true, y_pred):
+        return self.fn(y_true, y_pred)
+
+
 @register
 class Distiller(keras.Model):
     """Trains a pruned student against its frozen, unpruned teacher.
@@ -397,6 +408,9 @@ class Distiller(keras.Model):
                 raise ValueError(
                     f"`loss` must be a Keras loss or a callable. Received: loss={loss!r}"
                 )
+            if not isinstance(loss, keras.losses.Loss):
+                # gives plain functions Keras' reduction and sample weighting
+                loss = _FunctionLoss(loss)
         self._task_loss_fn = loss
         super().compile(optimizer=optimizer, loss=None, metrics=metrics, **kwargs)
 
@@ -480,10 +494,7 @@ class Distiller(keras.Model):
         t_pred_f = ops.cast(t_pred, "float32")
         if y is None:
             raise ValueError("The Distiller needs targets `y` for the task loss. Received: y=None")
-        if isinstance(self._task_loss_fn, keras.losses.Loss):
-            task = self._task_loss_fn(y, y_pred_f, sample_weight=sample_weight)
-        else:
-            task = ops.mean(self._task_loss_fn(y, y_pred_f))
+        task = self._task_loss_fn(y, y_pred_f, sample_weight=sample_weight)
         task = ops.cast(task, "float32")
         if self.task == "counting":
             losses._check_same_shape(t_pred_f, y_pred_f, "density maps")
