@@ -31,9 +31,9 @@ MODELS = {
 }
 
 
-def timed(fn):
+def timed(fn, *args, **kwargs):
     t = time.perf_counter()
-    out = fn()
+    out = fn(*args, **kwargs)
     return time.perf_counter() - t, out
 
 
@@ -54,11 +54,11 @@ def main(argv=None):
         n_ops = len(m.operations)
         plan_t, fold_t, nofold_t = [], [], []
         for _ in range(args.repeats):
-            t, plan = timed(lambda: plan_shrink(m, ratio=0.3))
+            t, _ = timed(plan_shrink, m, ratio=0.3)
             plan_t.append(t)
-            t, _ = timed(lambda: shrink(m, ratio=0.3))
+            t, _ = timed(shrink, m, ratio=0.3)
             fold_t.append(t)
-            t, _ = timed(lambda: shrink(m, ratio=0.3, fold_removed=False))
+            t, _ = timed(shrink, m, ratio=0.3, fold_removed=False)
             nofold_t.append(t)
         p, f, nf = (statistics.median(v) for v in (plan_t, fold_t, nofold_t))
         lines.append(
