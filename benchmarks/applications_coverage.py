@@ -80,9 +80,17 @@ def zero_removed(model, plan):
         mask[list(keep)] = False
         if not mask.any():
             continue
-        ws[0][mask] = 0.0
-        if layer.center and layer.scale:
-            ws[1][mask] = 0.0
+        if layer.scale:
+            ws[0][mask] = 0.0  # gamma
+            if layer.center:
+                ws[1][mask] = 0.0  # beta
+        else:
+            # scale=False (InceptionV3, ...): no gamma to zero; make the channel
+            # output ~0 with beta = mean = 0 and a huge variance.
+            if layer.center:
+                ws[0][mask] = 0.0
+            ws[-2][mask] = 0.0
+            ws[-1][mask] = 1e30
         layer.set_weights(ws)
 
 
