@@ -235,10 +235,14 @@ def test_softmax_outputs_recover_logits():
 
 
 def test_student_saves_and_loads(tmp_path):
+    """shrink -> Distiller fine-tune -> save the plain student."""
     teacher = classifier(16, "teacher")
-    student = classifier(8, "student")
+    student = acsl_tf.shrink(teacher, ratio=0.5)
+    assert student.get_layer("feat").output.shape[-1] < 16
     x, y = data("classification")
-    d = Distiller(student, teacher, student_features=["feat"], teacher_features=["feat"])
+    d = Distiller(
+        student, teacher, affinity_weight=1.0, student_features=["feat"], teacher_features=["feat"]
+    )
     d.compile(optimizer="adam", run_eagerly=True)
     d.fit(x, y, batch_size=8, epochs=1, verbose=0)
     path = tmp_path / "student.keras"
