@@ -161,8 +161,9 @@ def test_pspnet_resnet50_trains():
     m = M.pspnet((96, 96, 3), 5, backbone="resnet50")
     assert m.output_shape == (None, 96, 96, 5)
     assert len(M.psp_branch_names(m)) == 4
-    x = _rng().uniform(size=(1, 96, 96, 3)).astype("float32")
-    y = _rng().integers(0, 5, (1, 96, 96)).astype("int32")
+    # batch 2: with batch 1 the 1x1 bin-1 branch is constant under training-mode BN (zero gradient)
+    x = _rng().uniform(size=(2, 96, 96, 3)).astype("float32")
+    y = _rng().integers(0, 5, (2, 96, 96)).astype("int32")
     _train_step(m, x, y, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
 
 

@@ -143,6 +143,10 @@ def pspnet(
     ``classifier`` conv and ``UpSampling2D`` (bilinear) named ``logits`` back
     to the input size.
 
+    Train with batches of at least 2: the bin-1 branch pools to a single
+    pixel, so with batch 1 its training-mode BN output is constant and gets no
+    gradient.
+
     Args:
         input_shape: ``(H, W, C)``, fixed. The feature side (H / output stride)
             must be divisible by every bin: with bins (1, 2, 3, 6) use H, W
