@@ -56,13 +56,14 @@ class SparsityReport:
     def __str__(self):
         head = (
             f"{'unit':<28} {'channels':>8} {'|g|<thr':>8} {'sparsity':>9} "
-            f"{'mean|g|':>9} {'strength':>9}"
+            f"{'mean|g|':>9} {'lambda min..max':>21}"
         )
         lines = [f"Channel sparsity (|gamma| < {self.threshold:g})", head, "-" * len(head)]
         for u in self.units:
             lines.append(
                 f"{u.name[:28]:<28} {u.channels:>8d} {u.below_threshold:>8d} "
-                f"{u.fraction:>8.1%} {u.mean_abs_gamma:>9.4f} {u.mean_strength:>9.3f}"
+                f"{u.fraction:>8.1%} {u.mean_abs_gamma:>9.4f} "
+                f"{u.min_penalty:>10.2e}..{u.max_penalty:<9.2e}"
             )
         lines.append("-" * len(head))
         lines.append(
