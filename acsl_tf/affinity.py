@@ -2,7 +2,7 @@
 
 Pure functions on tensors (``keras.ops``), no layers and no state, so each one
 can be checked against a NumPy reference. Section numbers refer to the method
-specification (docs/METHOD.md).
+description (docs/ACSL.md).
 
 Conventions: channels-last feature maps. A feature map of shape
 ``(B, H, W, C)`` (or any ``(B, ..., C)``) is flattened to ``(B, N, C)``; every
