@@ -22,6 +22,7 @@ from acsl_tf.regularizer import CorrelationSparsity  # noqa: E402
 from acsl_tf.schedules import ConstantStrength, PolynomialStrength  # noqa: E402
 from acsl_tf.sparsity import sparsity_report  # noqa: E402
 from acsl_tf.wrapper import PruneLowCorrelation  # noqa: E402
+from acsl_tf.cap import cap_criterion, prune_context_aware  # noqa: E402
 
 __all__ += [
     "affinity",
@@ -37,6 +38,8 @@ __all__ += [
     "PolynomialStrength",
     "sparsity_report",
     "PruneLowCorrelation",
+    "cap_criterion",
+    "prune_context_aware",
 ]
 # --- end ACSL ---
 
