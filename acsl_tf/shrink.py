@@ -650,9 +650,51 @@ def _apply(an: _graph.Analysis, keep: dict, fold_removed: bool):
     )
     outputs = _pack(getattr(fn, "_outputs_struct", None), outs) if len(outs) > 1 else outs[0]
     result = keras.Model(ins, outputs, name=model.name)
-    for layer, ws in pending:
-        layer.set_weights(ws)
+    for layer, ws, saved in pending:
+        if saved is None:
+            layer.set_weights(ws)
+            continue
+        # weights were created directly from their values; restore the
+        # configured initializers and check
+        for attr, init in saved.items():
+            setattr(layer, attr, init)
+        if not all(np.array_equal(np.asarray(v), w) for v, w in zip(layer.weights, ws)):
+            layer.set_weights(ws)  # the layer did not use its initializer attributes
     return result
+
+
+class _ValueInit:
+    """Initializer returning a fixed array (weights are created with their
+    final values: one op per variable instead of init + assign)."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def __call__(self, shape, dtype=None):
+        if tuple(shape) != tuple(self.value.shape):
+            raise ValueError(f"shape {tuple(shape)} != {self.value.shape}")
+        return self.value.astype(dtype or self.value.dtype)
+
+
+_INIT_ATTR = {
+    "depthwise_kernel": "depthwise_initializer",
+    "pointwise_kernel": "pointwise_initializer",
+}
+
+
+def _preset_initializers(orig, new, ws):
+    """Point ``new``'s initializers at the values ``ws``; returns the saved
+    initializers, or None when the weights do not map one to one."""
+    names = [v.name for v in orig.weights]
+    if len(names) != len(ws) or len(set(names)) != len(names):
+        return None
+    attrs = [_INIT_ATTR.get(n, f"{n}_initializer") for n in names]
+    if not all(hasattr(new, a) for a in attrs):
+        return None
+    saved = {a: getattr(new, a) for a in attrs}
+    for a, w in zip(attrs, ws):
+        setattr(new, a, _ValueInit(np.asarray(w)))
+    return saved
 
 
 def _rebuild_op(an, call, keep, pending, folds):
@@ -671,7 +713,10 @@ def _rebuild_op(an, call, keep, pending, folds):
     if op.name in folds:
         cfg, ws = _apply_fold(op, cfg, ws, folds[op.name], out_keep)
     new = op.__class__.from_config(cfg)
-    pending.append((new, ws))
+    saved = None
+    if type(op).__module__.startswith("keras.") and len(ws) == len(op.weights):
+        saved = _preset_initializers(op, new, ws)
+    pending.append((new, ws, saved))
     return new
 
 
