@@ -18,6 +18,7 @@ threshold in every unit).
 from __future__ import annotations
 
 import math
+import types
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,8 +68,8 @@ class ShrinkPlan:
 
     Attributes:
         groups: Every :class:`ChannelGroup`.
-        bn_keep: ``{BatchNormalization name: tuple of kept channel indices}``
-            for every BN whose channels can be pruned.
+        bn_keep: Read-only ``{BatchNormalization name: tuple of kept channel
+            indices}`` for every BN whose channels can be pruned.
         params_before, params_after: Parameter counts (analytic; equal to
             ``count_params()`` of the plain model before and of the result of
             :func:`shrink` after).
@@ -419,7 +420,10 @@ def plan_shrink(
                             hi = mid
                         else:
                             lo = mid + 1
-                    keep_idx = reduction(lo)[1]
+                    red, keep_idx = reduction(lo)
+                    while red < goal and lo < len(cand_roots):  # round_to can break monotonicity
+                        lo += 1
+                        red, keep_idx = reduction(lo)
 
     return _make_plan(an, cost, allg, keep_idx, crit_name)
 
@@ -493,7 +497,7 @@ def _make_plan(an, cost, allg, keep_idx, crit_name) -> ShrinkPlan:
         bn_keep[unit] = tuple(int(i) for i in (np.arange(an.size(m)) if f is None else f))
     return ShrinkPlan(
         groups=tuple(groups),
-        bn_keep=bn_keep,
+        bn_keep=types.MappingProxyType(bn_keep),
         params_before=p0,
         params_after=p1,
         flops_before=f0,
@@ -590,15 +594,13 @@ def shrink(
         from acsl_tf import prune as _prune  # lazy: optional at import time
 
         stripped = _prune.strip_pruning(model)
-        plan = (
-            plan_shrink(
-                stripped,
-                keep=dict(plan.bn_keep) if plan.bn_keep else {},
-                ignored_layers=tuple(an.ignored),
-            )
-            if plan.bn_keep
-            else plan_shrink(stripped, ratio=0.0, ignored_layers=tuple(an.ignored))
-        )
+        names = {c.op.name for c in _graph.trace_model(stripped).calls}
+        ignored = []
+        for n in an.ignored:  # wrapper names are "acsl_" + the BN's name
+            n = n[5:] if n not in names and n.startswith("acsl_") else n
+            if n in names:
+                ignored.append(n)
+        plan = plan_shrink(stripped, keep=dict(plan.bn_keep), ignored_layers=tuple(ignored))
         an = plan._analysis
     return _apply(an, plan._keep, fold_removed)
 
