@@ -842,6 +842,20 @@ class _ActivationHandler(PassThrough):
 
 register_layer_handler(L.Activation, _ActivationHandler())
 
+
+class _Reduction(PassThrough):
+    """Raw mean/max/min/sum: pass-through when the channel axis is kept
+    (e.g. spatial mean = global pooling), channel-mixing otherwise."""
+
+    def propagate(self, an, call):
+        axis = getattr(call.op, "axis", None)
+        rank = len(an.trace.shapes[call.in_keys[0]])
+        axes = [axis] if isinstance(axis, int) else axis
+        if axes is None or any(a % rank == rank - 1 for a in axes):
+            return Barrier("reduces over channels").propagate(an, call)
+        return super().propagate(an, call)
+
+
 # Raw keras.ops (they show up in model.operations, not model.layers).
 try:
     from keras.src.ops import nn as _nn
@@ -874,6 +888,11 @@ try:
             register_layer_handler(getattr(_np_ops, _n), ElementwiseMerge())
     if hasattr(_nn, "Softmax"):
         register_layer_handler(_nn.Softmax, Barrier())
+    if hasattr(_np_ops, "Concatenate"):
+        register_layer_handler(_np_ops.Concatenate, ConcatenateHandler())
+    for _n in ("Mean", "Max", "Min", "Sum"):
+        if hasattr(_np_ops, _n):
+            register_layer_handler(getattr(_np_ops, _n), _Reduction())
 except ImportError:  # pragma: no cover
     pass
 

@@ -255,6 +255,10 @@ def m_raw_ops():
     x = x + y
     x = x * keras.ops.relu6(x + 3.0) * (1.0 / 6.0)
     x = keras.ops.maximum(x, 0.0)
+    z = cbr(x, 4)
+    x = keras.ops.concatenate([x, z], axis=-1)
+    s = keras.ops.mean(x, axis=[1, 2], keepdims=True)
+    x = x * keras.ops.sigmoid(s)
     return keras.Model(i, L.Conv2D(2, 1)(x))
 
 
