@@ -216,16 +216,17 @@ _MODES = ("threshold", "ratio", "target_flops", "target_params", "keep")
 def _unit_scores(an, crit, model, seed) -> dict:
     rng = np.random.default_rng(seed)
     out = {}
+    ops = {}
+    for call in an.trace.calls:
+        ops.setdefault(call.op.name, call.op)
     for unit in sorted(an.bn_layers):
         bn, wrapper = an.bn_layers[unit]
         m = an.bn_maps[unit]
         producer = None
         if len(m.sources) == 1 and m.reps == 1:
-            pname = an.sources[m.sources[0]].producer
-            for call in an.trace.calls:
-                if call.op.name == pname:
-                    producer = call.op
-                    break
+            producer = ops.get(an.sources[m.sources[0]].producer)
+            if not isinstance(producer, keras.layers.Layer) or not producer.weights:
+                producer = None
         ctx = _criteria.UnitContext(unit, bn, producer, wrapper, model, rng)
         s = np.asarray(crit(ctx), dtype=np.float64).reshape(-1)
         n = an.size(m)
