@@ -551,6 +551,7 @@ def sparsity_train(
         opts["direction"] = "uniform"
     elif method == "cap":
         opts["method"] = "cap"
+        opts.setdefault("direction", "uniform")
     if target_flops is not None:
         opts["target"] = {"flops": float(target_flops)}
     wrapped = prune_low_correlation(model, penalty=penalty, **opts)

@@ -1,0 +1,135 @@
+"""acsl_tf.workflow on the "tiny" task sizes."""
+
+import os
+
+import numpy as np
+import pytest
+
+from acsl_tf import workflow as wf
+from acsl_tf.datasets import fashion_mnist
+
+try:
+    fashion_mnist.load_fashion_mnist()
+    HAVE_DATA = True
+except (FileNotFoundError, OSError, ValueError):
+    HAVE_DATA = False
+
+needs_data = pytest.mark.skipif(not HAVE_DATA, reason="Fashion-MNIST is not installed")
+
+
+@pytest.fixture(scope="module")
+def tasks():
+    if not HAVE_DATA:
+        pytest.skip("Fashion-MNIST is not installed")
+    return {name: wf.make_task(name, size="tiny") for name in wf.TASKS}
+
+
+@needs_data
+@pytest.mark.parametrize("name", wf.TASKS)
+def test_make_task_shapes_and_metric(tasks, name):
+    task = tasks[name]
+    cfg = wf.SIZES[name]["tiny"]
+    assert task.name == name
+    assert task.x_val.shape[0] == cfg["n_val"]
+    assert task.steps_per_epoch == cfg["n_train"] // cfg["batch_size"]
+    model = task.build_model()
+    assert tuple(model.input_shape[1:]) == task.input_shape
+    y = wf.predict(model, task.x_val[:5])
+    assert y.shape[0] == 5
+    if name == "classification":
+        assert y.shape == (5, 10)
+    elif name == "segmentation":
+        assert y.shape == (5, *task.input_shape[:2], 11)
+    else:
+        assert y.shape == (5, *task.y_val.shape[1:])
+    x_b, y_b = next(iter(task.train_ds()))
+    assert x_b.shape[0] == cfg["batch_size"] and y_b.shape[0] == cfg["batch_size"]
+    m = wf.evaluate(model, task)
+    if task.higher_is_better:
+        assert 0.0 <= m <= 1.0
+    else:
+        assert m >= 0.0
+    # A perfect prediction scores best.
+    if name == "classification":
+        perfect = np.eye(10)[task.y_val]
+        assert task.score(task.y_val, perfect) == 1.0
+    elif name == "segmentation":
+        perfect = np.eye(11)[task.y_val]
+        assert task.score(task.y_val, perfect) == pytest.approx(1.0)
+    else:
+        assert task.score(task.y_val, task.y_val) == 0.0
+        assert task.score(task.y_val, task.y_val + 0.01) == pytest.approx(
+            0.01 * np.prod(task.y_val.shape[1:])
+        )
+    assert task.better(1.0, 0.5) is task.higher_is_better
+
+
+@needs_data
+def test_full_pipeline_classification(tasks, tmp_path):
+    task = tasks["classification"]
+    base = task.build_model()
+    hist = wf.train(base, task, 1, lr=0.05, verbose=0)
+    assert len(hist.history["loss"]) == 1
+    wrapped = wf.sparsity_train(base, task, epochs=1, target_flops=0.4, verbose=0)
+    from acsl_tf import get_wrappers
+
+    assert len(get_wrappers(wrapped)) == 6
+    assert not get_wrappers(base)
+    small = wf.prune(wrapped, target_flops=0.4)
+    before = wf.record(base, task, stage="baseline")
+    after = wf.record(small, task, stage="pruned")
+    assert after["params"] < before["params"]
+    assert after["flops"] <= 0.6 * before["flops"] * 1.02
+    assert before["stage"] == "baseline" and before["metric_name"] == "accuracy"
+    wf.finetune(small, task, 1, teacher=base, verbose=0)
+    acc = wf.evaluate(small, task)
+    assert 0.0 <= acc <= 1.0
+    info = wf.export_and_measure(small, task, tmp_path / "out", runs=5, progress=False)
+    for key in ("tflite", "int8"):
+        assert os.path.isfile(info[f"{key}_path"])
+        assert info[f"{key}_bytes"] == os.path.getsize(info[f"{key}_path"])
+        assert info[f"latency_ms_{'float32' if key == 'tflite' else 'int8'}"] > 0
+    assert info["int8_bytes"] < info["tflite_bytes"]
+    assert info["tflite_relative_error"] < 1e-3
+    row = wf.record(small, task, metric=acc, export=info)
+    assert row["metric"] == acc and row["int8_bytes"] == info["int8_bytes"]
+    assert "int8_path" not in row
+
+
+@needs_data
+def test_sparsity_methods(tasks):
+    from acsl_tf import get_wrappers
+
+    task = tasks["counting"]
+    base = task.build_model()
+    ns = wf.sparsity_train(base, task, epochs=0, method="ns")
+    assert {w.direction for w in get_wrappers(ns)} == {"uniform"}
+    acsl = wf.sparsity_train(base, task, epochs=0, method="acsl")
+    assert {w.direction for w in get_wrappers(acsl)} == {"redundant"}
+    small = wf.prune(acsl, target_flops=0.3, criterion="l1")
+    assert small.count_params() < base.count_params()
+
+
+def test_invalid_arguments():
+    with pytest.raises(ValueError, match="name"):
+        wf.make_task("detection")
+    with pytest.raises(ValueError, match="size"):
+        wf.make_task("classification", size="huge")
+    with pytest.raises(ValueError, match="Unknown configuration"):
+        wf.make_task("classification", size="tiny", canvas=3)
+    with pytest.raises(ValueError, match="target_flops"):
+        wf.prune(None, target_flops=1.5)
+
+
+@needs_data
+def test_invalid_step_arguments(tasks):
+    task = tasks["classification"]
+    model = task.build_model()
+    with pytest.raises(ValueError, match="method"):
+        wf.sparsity_train(model, task, epochs=1, method="magic")
+    with pytest.raises(ValueError, match="direction"):
+        wf.sparsity_train(model, task, epochs=1, method="ns", direction="redundant")
+    with pytest.raises(ValueError, match="epochs"):
+        wf.train(model, task, -1)
+    with pytest.raises(ValueError, match="optimizer"):
+        wf.train(model, task, 1, optimizer="lbfgs")
