@@ -4,7 +4,9 @@ For a VGG-style and a ResNet-style CNN (64x64x3, a few hundred k parameters):
 
 1. the unpruned model;
 2. the same model shrunk by ``acsl_tf.shrink(model, target_flops=0.75)``
-   (channels physically removed, about 4x fewer FLOPs);
+   (channels physically removed, about 4x fewer FLOPs), once with any channel
+   count and once with ``round_to=8`` (counts rounded to multiples of 8, which
+   SIMD kernels prefer);
 3. the same architecture pruned by tensorflow-model-optimization
    ``prune_low_magnitude`` to 80% unstructured sparsity (tf_keras, in a
    subprocess: benchmarks/_tfmot_worker.py), exported as float32 TFLite, plain
@@ -175,19 +177,21 @@ def main(argv=None):
         base = randomize_bn(BUILDERS[arch](keras, args.size), seed=1)
         base_flops = flops(base)
         if hasattr(acsl_tf, "shrink"):
-            small = acsl_tf.shrink(base, target_flops=args.target_flops)
-            how = f"acsl_tf.shrink(target_flops={args.target_flops})"
+            shrunk = {}
+            for round_to in (1, 8):
+                how = f"acsl_tf.shrink(target_flops={args.target_flops}, round_to={round_to})"
+                shrunk[how] = acsl_tf.shrink(
+                    base, target_flops=args.target_flops, round_to=round_to
+                )
         else:
-            small = randomize_bn(hand_thin(arch, args.size), seed=2)
             how = "hand-thinned (half width)"
+            shrunk = {how: randomize_bn(hand_thin(arch, args.size), seed=2)}
             notes.append(f"{arch}: acsl_tf.shrink unavailable, used a half-width model.")
-        small_flops = flops(small)
         paths = {}
         for fmt, q in (("float32", "none"), ("int8", "int8")):
-            for name, m in (("base", base), ("shrunk", small)):
-                p = os.path.join(tmp, f"{arch}_{name}_{q}.tflite")
-                to_tflite(m, p, quantization=q, representative_data=rep, overwrite=True)
-                paths[name, fmt] = p
+            p = os.path.join(tmp, f"{arch}_base_{q}.tflite")
+            to_tflite(base, p, quantization=q, representative_data=rep, overwrite=True)
+            paths["base", fmt] = p
             rows.append(
                 {
                     "model": arch,
@@ -196,26 +200,34 @@ def main(argv=None):
                     "params": int(base.count_params()),
                     "mflops": base_flops / 1e6,
                     "flops_ratio": 1.0,
-                    "size_kib": os.path.getsize(paths["base", fmt]) / 1024,
+                    "size_kib": os.path.getsize(p) / 1024,
                     "base_median_ms": None,
                     "median_ms": acsl_tf.benchmark_tflite(
-                        paths["base", fmt], threads=1, runs=args.runs * 2
+                        p, threads=1, runs=args.runs * 2
                     ).median_ms,
                     "speedup": 1.0,
                     "speedup_per_flops_ratio": 1.0,
                 }
             )
-            compare(
-                arch,
-                fmt,
-                f"channel-pruned ({how.split('(')[0]})",
-                paths["base", fmt],
-                paths["shrunk", fmt],
-                base_flops,
-                small_flops,
-                small.count_params(),
-                {"how": how},
-            )
+            for k, (how, small) in enumerate(shrunk.items()):
+                p = os.path.join(tmp, f"{arch}_shrunk{k}_{q}.tflite")
+                to_tflite(small, p, quantization=q, representative_data=rep, overwrite=True)
+                widths = [
+                    layer.filters
+                    for layer in small.layers
+                    if isinstance(layer, keras.layers.Conv2D)
+                ]
+                compare(
+                    arch,
+                    fmt,
+                    how,
+                    paths["base", fmt],
+                    p,
+                    base_flops,
+                    flops(small),
+                    small.count_params(),
+                    {"conv_filters": widths},
+                )
         if args.no_tfmot:
             continue
         out = os.path.join(tmp, f"{arch}_tfmot.tflite")
