@@ -730,7 +730,7 @@ class PerChannelWeights(PassThrough):
         ik = in_keep[0]
         if ik is None:
             return layer.get_config(), ws
-        c = layer.input.shape[-1] if hasattr(layer, "input") else None
+        c = _input_channels(layer)
         out = []
         for w in ws:
             if w.ndim and (c is None or w.shape[-1] == c) and w.shape[-1] > 1:
@@ -741,17 +741,20 @@ class PerChannelWeights(PassThrough):
 
     def params(self, layer, in_c, out_c):
         total = 0
-        c_old = None
-        try:
-            c_old = layer.input.shape[-1]
-        except Exception:
-            pass
+        c_old = _input_channels(layer)
         for w in layer.weights:
             shp = list(w.shape)
             if shp and shp[-1] == c_old and shp[-1] > 1:
                 shp[-1] = in_c[0]
             total += int(np.prod(shp)) if shp else 1
         return total
+
+
+def _input_channels(layer):
+    try:
+        return layer.input.shape[-1]
+    except (AttributeError, ValueError):  # shared layer: several inputs
+        return layer._inbound_nodes[0].input_tensors[0].shape[-1]
 
 
 class FlattenHandler(LayerHandler):

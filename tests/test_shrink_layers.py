@@ -311,8 +311,9 @@ def m_shared_layer():
     x = cbr(i, 6)
     conv = L.Conv2D(6, 3, padding="same")
     bn = L.BatchNormalization()
-    y = L.ReLU()(bn(conv(x)))
-    y = L.ReLU()(bn(conv(y)))
+    act = L.PReLU(shared_axes=[1, 2])
+    y = act(bn(conv(x)))
+    y = act(bn(conv(y)))
     return keras.Model(i, L.Conv2D(2, 1)(y))
 
 
