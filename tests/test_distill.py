@@ -196,6 +196,8 @@ def test_distill_loss_values_match_reference():
     assert res["distill_loss"] == pytest.approx(ref, rel=1e-5)
     ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(y, s)
     assert res["task_loss"] == pytest.approx(float(ce), rel=1e-5)
+    total = d.compute_loss(x, y, d(x, training=False), training=False)
+    assert float(total) == pytest.approx(res["loss"], rel=1e-5)
 
 
 def test_segmentation_task_loss_ignores_255():
