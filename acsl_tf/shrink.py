@@ -381,9 +381,11 @@ def plan_shrink(
                 n = sizes[r]
                 prot = min(min_channels, n)
                 order = np.argsort(gs[r], kind="stable")[: n - prot]
-                cands.extend((gs[r][i], r) for i in order)
-            cands.sort(key=lambda t: t[0])
-            cand_roots = [r for _, r in cands]
+                # ties (e.g. BNs with scale=False score 1) are broken by the
+                # relative rank inside the group, so they spread evenly
+                cands.extend((gs[r][i], j / n, r) for j, i in enumerate(order))
+            cands.sort(key=lambda t: (t[0], t[1]))
+            cand_roots = [r for _, _, r in cands]
 
             def keep_for(kk):
                 removed = dict.fromkeys(roots, 0)

@@ -291,3 +291,16 @@ def test_wrapped_model_shrinks_to_plain_model():
     assert small.count_params() == plan.params_after
     y0 = np.asarray(m(X, training=False))
     np.testing.assert_allclose(y0, np.asarray(small(X, training=False)), atol=1e-5)
+
+
+def test_ties_spread_evenly_across_groups():
+    # BN(scale=False) has no gamma: every channel scores 1
+    i = keras.Input((8, 8, 3))
+    x = L.Conv2D(8, 1)(i)
+    x = L.BatchNormalization(scale=False, name="a")(x)
+    x = L.Conv2D(16, 1)(x)
+    x = L.BatchNormalization(scale=False, name="b")(x)
+    m = keras.Model(i, L.Conv2D(2, 1)(x))
+    plan = plan_shrink(m, ratio=0.5)
+    assert len(plan.bn_keep["a"]) == 4 and len(plan.bn_keep["b"]) == 8
+    assert shrink(m, plan=plan).count_params() == plan.params_after
