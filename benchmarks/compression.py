@@ -1,0 +1,776 @@
+"""Compression benchmark: ACSL vs Network Slimming, L1-norm, random, CAP
+(plus distillation and tfmot) on the three tasks of acsl_tf.workflow.
+
+For each task and seed, one unpruned baseline is trained; every method starts
+from its weights and gets the same epoch budgets (see
+benchmarks/compression_configs.py):
+
+- ``acsl`` (and the variants ``acsl_informative``, ``acsl_attention``,
+  ``acsl_t2``), ``ns`` (Network Slimming) and ``cap``: sparsity training from
+  the baseline under the budget-driven strength (aimed at the mode's most
+  aggressive FLOPs target), then ``shrink`` with the ``gamma`` (``cap``:
+  ``cap``) criterion to each target;
+- ``l1`` and ``random``: the baseline pruned directly with that criterion;
+
+then every pruned model is fine-tuned (same epochs for all) and evaluated. At
+the mode's ``export_target`` (one target per method, to save time) the
+pruned model is exported to float32 and int8 TFLite and its single-sample
+latency measured. At the most aggressive target the ``distill_methods`` are
+also fine-tuned with distillation from the baseline (``finetune="distill"``).
+``tfmot`` runs tensorflow-model-optimization ``prune_low_magnitude`` at the
+params reduction that ACSL reached at the export target, through
+benchmarks/_tfmot_worker.py (its own VGG with 3-channel input of the
+classification task's size; size and latency only, against the same
+architecture unpruned).
+
+Each run writes one JSON record under ``<out>/runs/<mode>/...`` (atomically);
+a run whose record exists is skipped, so an interrupted benchmark continues
+where it stopped. Trained baselines and sparsity-trained models are cached as
+``.keras`` files under ``--work-dir``. ``summary.md`` and the PNG plots are
+regenerated from all records present.
+
+Usage:
+    .venv/bin/python benchmarks/compression.py --mode smoke
+    .venv/bin/python benchmarks/compression.py --mode full --tasks classification \
+        --methods baseline,acsl,ns --seeds 0 --targets 0.5,0.85
+    .venv/bin/python benchmarks/compression.py --mode full --summary-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import calendar
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from compression_configs import METHODS, MODES, SPECIAL  # noqa: E402
+
+RESULTS = os.path.join(HERE, "results", "compression")
+FINETUNES = ("plain", "distill")
+
+# --------------------------------------------------------------------------- records
+
+
+def record_path(
+    out_dir: str, mode: str, task: str, seed: int, method: str, target=None, finetune: str = "plain"
+) -> str:
+    """Path of the JSON record of one run.
+
+    ``target`` is None for the baseline; ``finetune`` is ``"plain"`` or
+    ``"distill"``.
+    """
+    d = os.path.join(out_dir, "runs", mode, task, f"seed{seed}")
+    if target is None:
+        return os.path.join(d, f"{method}.json")
+    return os.path.join(d, f"{method}_t{round(float(target) * 100):02d}_{finetune}.json")
+
+
+def write_record(path: str, rec: dict) -> str:
+    from acsl_tf import _io
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return _io.atomic_write_text(
+        path, json.dumps(rec, indent=2, sort_keys=True) + "\n", overwrite=True
+    )
+
+
+def load_records(out_dir: str, mode: str | None = None) -> list[dict]:
+    """All JSON records under ``<out_dir>/runs`` (of one ``mode`` if given)."""
+    root = os.path.join(out_dir, "runs")
+    if mode is not None:
+        root = os.path.join(root, mode)
+    recs = []
+    for dirpath, _, files in sorted(os.walk(root)):
+        for f in sorted(files):
+            if f.endswith(".json") and not f.startswith("."):
+                with open(os.path.join(dirpath, f)) as fh:
+                    recs.append(json.load(fh))
+    return recs
+
+
+# --------------------------------------------------------------------------- aggregation
+
+
+def _mean_spread(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    vals = [float(v) for v in values]
+    m = sum(vals) / len(vals)
+    if len(vals) < 2:
+        return m, 0.0
+    return m, math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1))
+
+
+def aggregate(records: Iterable[dict]) -> list[dict]:
+    """Group records by (task, method, target, finetune) over seeds.
+
+    Returns one row per group with ``metric_mean``, ``metric_std``, ``n``
+    (seeds), ``seeds``, ``params_reduction`` / ``flops_reduction`` (means,
+    against each seed's baseline), ``params`` / ``flops`` (means), the
+    pre-fine-tuning metric mean and, where present, the export fields (means).
+    Records of method ``tfmot`` are left out (see :func:`tfmot_rows`).
+    """
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in records:
+        if r["method"] == "tfmot":
+            continue
+        groups[r["task"], r["method"], r.get("target"), r.get("finetune", "plain")].append(r)
+    rows = []
+    for (task, method, target, ft), rs in groups.items():
+        rs = sorted(rs, key=lambda r: r["seed"])
+        m, s = _mean_spread([r["metric"] for r in rs])
+        row = dict(
+            task=task,
+            method=method,
+            target=target,
+            finetune=ft,
+            metric_name=rs[0]["metric_name"],
+            higher_is_better=rs[0].get("higher_is_better", True),
+            metric_mean=m,
+            metric_std=s,
+            n=len(rs),
+            seeds=[r["seed"] for r in rs],
+            params=_mean_spread([r["params"] for r in rs])[0],
+            flops=_mean_spread([r["flops"] for r in rs])[0],
+            params_reduction=_mean_spread([r.get("params_reduction", 0.0) for r in rs])[0],
+            flops_reduction=_mean_spread([r.get("flops_reduction", 0.0) for r in rs])[0],
+        )
+        pre = [r["metric_pruned"] for r in rs if r.get("metric_pruned") is not None]
+        row["metric_pruned_mean"] = _mean_spread(pre)[0] if pre else None
+        for k in ("tflite_bytes", "int8_bytes", "latency_ms_float32", "latency_ms_int8"):
+            vals = [r[k] for r in rs if r.get(k) is not None]
+            row[k] = _mean_spread(vals)[0] if vals else None
+        rows.append(row)
+    order = {m: i for i, m in enumerate(("baseline",) + tuple(METHODS))}
+    task_order = {"classification": 0, "segmentation": 1, "counting": 2}
+    rows.sort(
+        key=lambda r: (
+            task_order.get(r["task"], 9),
+            -1.0 if r["target"] is None else r["target"],
+            r["finetune"],
+            order.get(r["method"], 99),
+            r["method"],
+        )
+    )
+    return rows
+
+
+def tfmot_rows(records: Iterable[dict]) -> list[dict]:
+    """The ``tfmot`` records, sorted by task and seed."""
+    return sorted(
+        (r for r in records if r["method"] == "tfmot"), key=lambda r: (r["task"], r["seed"])
+    )
+
+
+def _fmt_metric(row: dict) -> str:
+    name = row["metric_name"]
+    if name == "mae":
+        txt = f"{row['metric_mean']:.2f}"
+        if row["n"] > 1:
+            txt += f" ± {row['metric_std']:.2f}"
+    else:
+        txt = f"{100 * row['metric_mean']:.1f}"
+        if row["n"] > 1:
+            txt += f" ± {100 * row['metric_std']:.1f}"
+    return txt
+
+
+def _fmt_pre(row: dict) -> str:
+    v = row.get("metric_pruned_mean")
+    if v is None:
+        return ""
+    return f"{v:.2f}" if row["metric_name"] == "mae" else f"{100 * v:.1f}"
+
+
+def _unit(metric_name: str) -> str:
+    return (
+        "count MAE (lower is better)"
+        if metric_name == "mae"
+        else (f"{metric_name} % (higher is better)")
+    )
+
+
+def summary_markdown(records: Sequence[dict], *, title: str = "Compression benchmark") -> str:
+    """The markdown summary: per task, per target, per method, metric mean ±
+    sample standard deviation over seeds, the number of seeds, params and
+    FLOPs reduction; then the distillation comparison, the export/latency
+    table and the tfmot rows.
+
+    Args:
+        records: Run records (see :func:`load_records`).
+        title: First heading.
+
+    Returns:
+        Markdown text.
+    """
+    rows = aggregate(records)
+    out = [f"# {title}", ""]
+    if not rows:
+        return "\n".join(out + ["No records.", ""])
+    out += [
+        "Metric: mean ± sample standard deviation over the seeds listed (no ± with one "
+        "seed). Reductions are against each seed's unpruned baseline. `after prune` is "
+        "the metric right after shrinking, before fine-tuning.",
+        "",
+    ]
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    for task in tasks:
+        trows = [r for r in rows if r["task"] == task]
+        out += [f"## {task}: {_unit(trows[0]['metric_name'])}", ""]
+        out += [
+            "| target FLOPs red. | method | metric | seeds | after prune | params red. | "
+            "FLOPs red. | params | MFLOPs |",
+            "|---:|---|---:|---|---:|---:|---:|---:|---:|",
+        ]
+        for r in trows:
+            if r["finetune"] != "plain":
+                continue
+            tgt = "unpruned" if r["target"] is None else f"{100 * r['target']:.0f}%"
+            out.append(
+                f"| {tgt} | {r['method']} | {_fmt_metric(r)} | "
+                f"{','.join(map(str, r['seeds']))} | {_fmt_pre(r)} | "
+                f"{100 * r['params_reduction']:.1f}% | {100 * r['flops_reduction']:.1f}% | "
+                f"{r['params']:,.0f} | {r['flops'] / 1e6:.2f} |"
+            )
+        out.append("")
+        dist = [r for r in trows if r["finetune"] == "distill"]
+        if dist:
+            out += [
+                f"Distillation ({task}): fine-tune vs fine-tune with distillation from the "
+                "unpruned model, same epochs.",
+                "",
+                "| target | method | fine-tune | with distillation | seeds (plain / distill) |",
+                "|---:|---|---:|---:|---|",
+            ]
+            for d in dist:
+                plain = [
+                    r
+                    for r in trows
+                    if r["finetune"] == "plain"
+                    and r["method"] == d["method"]
+                    and r["target"] == d["target"]
+                ]
+                p = plain[0] if plain else None
+                out.append(
+                    f"| {100 * d['target']:.0f}% | {d['method']} | "
+                    f"{_fmt_metric(p) if p else 'n/a'} | {_fmt_metric(d)} | "
+                    f"{','.join(map(str, p['seeds'])) if p else '-'} / "
+                    f"{','.join(map(str, d['seeds']))} |"
+                )
+            out.append("")
+        exp = [r for r in trows if r["finetune"] == "plain" and r.get("tflite_bytes")]
+        if exp:
+            out += [
+                f"TFLite ({task}; one target per method; single-sample invoke, 1 thread, "
+                "median; the machine was shared, so latencies are noisy):",
+                "",
+                "| target | method | float32 KiB | int8 KiB | float32 ms | int8 ms |",
+                "|---:|---|---:|---:|---:|---:|",
+            ]
+            for r in exp:
+                tgt = "unpruned" if r["target"] is None else f"{100 * r['target']:.0f}%"
+                i8 = "" if r.get("int8_bytes") is None else f"{r['int8_bytes'] / 1024:.0f}"
+                l8 = "" if r.get("latency_ms_int8") is None else f"{r['latency_ms_int8']:.3f}"
+                out.append(
+                    f"| {tgt} | {r['method']} | {r['tflite_bytes'] / 1024:.0f} | {i8} | "
+                    f"{r['latency_ms_float32']:.3f} | {l8} |"
+                )
+            out.append("")
+    tf_rows = tfmot_rows(records)
+    if tf_rows:
+        out += [
+            "## tfmot prune_low_magnitude (unstructured) at matched sparsity",
+            "",
+            "benchmarks/_tfmot_worker.py's VGG (3-channel input), float32 TFLite, against "
+            "the same architecture unpruned; size and latency only.",
+            "",
+            "| task | seed | kernel sparsity | unpruned KiB | tfmot KiB | tfmot sparse-encoded "
+            "KiB | unpruned ms | tfmot ms | tfmot sparse ms |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in tf_rows:
+            out.append(
+                f"| {r['task']} | {r['seed']} | {100 * r['kernel_sparsity']:.1f}% | "
+                f"{r['unpruned_bytes'] / 1024:.0f} | {r['tflite_bytes'] / 1024:.0f} | "
+                f"{r['sparse_bytes'] / 1024:.0f} | {r['unpruned_latency_ms']:.3f} | "
+                f"{r['latency_ms_float32']:.3f} | {r['sparse_latency_ms']:.3f} |"
+            )
+        out.append("")
+    return "\n".join(out)
+
+
+def plot(records: Sequence[dict], out_dir: str) -> list[str]:
+    """One PNG per task: metric vs FLOPs reduction and metric vs params
+    reduction, one line per method (plain fine-tuning; error bars = sample
+    standard deviation over seeds), the unpruned baseline as a dashed line.
+
+    Returns:
+        The written paths (``<out_dir>/<task>.png``).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from acsl_tf import _io
+
+    rows = aggregate(records)
+    paths = []
+    for task in dict.fromkeys(r["task"] for r in rows):
+        trows = [r for r in rows if r["task"] == task and r["finetune"] == "plain"]
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+        base = [r for r in trows if r["method"] == "baseline"]
+        methods = [m for m in dict.fromkeys(r["method"] for r in trows) if m != "baseline"]
+        scale = 1.0 if trows[0]["metric_name"] == "mae" else 100.0
+        for ax, key, label in (
+            (axes[0], "flops_reduction", "FLOPs reduction (%)"),
+            (axes[1], "params_reduction", "params reduction (%)"),
+        ):
+            for m in methods:
+                pts = sorted((r for r in trows if r["method"] == m), key=lambda r: r[key])
+                ax.errorbar(
+                    [100 * r[key] for r in pts],
+                    [scale * r["metric_mean"] for r in pts],
+                    yerr=[scale * r["metric_std"] for r in pts],
+                    marker="o",
+                    capsize=3,
+                    label=m,
+                )
+            if base:
+                ax.axhline(
+                    scale * base[0]["metric_mean"], color="k", ls="--", lw=1, label="unpruned"
+                )
+            ax.set_xlabel(label)
+            ax.set_ylabel(_unit(trows[0]["metric_name"]))
+            ax.grid(alpha=0.3)
+        axes[1].legend(fontsize=8)
+        fig.suptitle(f"{task}: metric vs reduction (seeds: up to {max(r['n'] for r in trows)})")
+        fig.tight_layout()
+        path = os.path.join(out_dir, f"{task}.png")
+        with _io.atomic_path(path, overwrite=True, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=90)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def write_summary(out_dir: str, mode: str) -> str:
+    """Regenerate ``summary.md`` and the plots from the records of ``mode``."""
+    from acsl_tf import _io
+
+    recs = load_records(out_dir, mode)
+    md = summary_markdown(recs, title=f"Compression benchmark ({mode} mode)")
+    os.makedirs(out_dir, exist_ok=True)
+    name = "summary.md" if mode == "full" else f"summary_{mode}.md"
+    path = _io.atomic_write_text(os.path.join(out_dir, name), md, overwrite=True)
+    if recs and mode == "full":
+        plot(recs, out_dir)
+    return path
+
+
+# --------------------------------------------------------------------------- runs
+
+
+#: Wall-clock time (``time.time()``) after which no new run starts (``--stop-at``).
+_STOP_AT: list[float | None] = [None]
+
+
+def _past_stop() -> bool:
+    return _STOP_AT[0] is not None and time.time() >= _STOP_AT[0]
+
+
+def _parse_stop_at(text: str) -> float:
+    """``HH:MM`` (UTC, today) -> epoch seconds."""
+    try:
+        hh, mm = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise ValueError(f"`--stop-at` must be HH:MM (UTC). Received: stop_at={text!r}") from None
+    now = time.gmtime()
+    return float(calendar.timegm((now.tm_year, now.tm_mon, now.tm_mday, hh, mm, 0)))
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _save_model(model, path: str) -> None:
+    from acsl_tf import _io
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with _io.atomic_path(path, overwrite=True, suffix=".keras") as tmp:
+        model.save(tmp)
+
+
+def _load_model(path: str):
+    import keras
+
+    import acsl_tf  # noqa: F401  (registers the wrapper classes)
+
+    if not os.path.exists(path):
+        return None
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as e:  # a stale or unreadable cache is retrained
+        _log(f"cache {path} unreadable ({type(e).__name__}: {e}); retraining")
+        return None
+
+
+def _copy(model):
+    import keras
+
+    m = keras.models.clone_model(model)
+    m.set_weights(model.get_weights())
+    return m
+
+
+def _export(model, task, work, name, runs):
+    from acsl_tf import workflow as wf
+
+    return wf.export_and_measure(model, task, work, name=name, runs=runs, progress=False)
+
+
+def run_task_seed(
+    task_name: str,
+    seed: int,
+    *,
+    mode: str,
+    methods: Sequence[str],
+    targets: Sequence[float],
+    out_dir: str,
+    work_dir: str,
+    distill: bool = True,
+    export: bool = True,
+) -> int:
+    """Run every missing record of one task and seed; returns how many were written."""
+    import keras
+
+    from acsl_tf import workflow as wf
+
+    mcfg = MODES[mode]
+    cfg = mcfg["tasks"][task_name]
+    sparsity_target = max(mcfg["targets"])
+    distill_target = max(mcfg["targets"])
+    distill_methods = mcfg.get("distill_methods", ("acsl", "ns"))
+    export_target = mcfg["export_target"]
+    export_methods = mcfg.get("export_methods", tuple(METHODS) + ("baseline",))
+    runs = mcfg["export_runs"]
+    work = os.path.join(work_dir, mode, task_name, f"seed{seed}")
+    os.makedirs(work, exist_ok=True)
+
+    # Which records are missing?
+    todo: dict[str, list[tuple[float | None, str]]] = {}
+    for m in methods:
+        if m == "tfmot":
+            continue
+        if m == "baseline":
+            if not os.path.exists(record_path(out_dir, mode, task_name, seed, "baseline")):
+                todo[m] = [(None, "plain")]
+            continue
+        items = []
+        for t in targets:
+            fts = ["plain"]
+            if distill and t == distill_target and m in distill_methods:
+                fts.append("distill")
+            for ft in fts:
+                if not os.path.exists(record_path(out_dir, mode, task_name, seed, m, t, ft)):
+                    items.append((t, ft))
+        if items:
+            todo[m] = items
+    if not todo:
+        _log(f"{task_name} seed {seed}: all records present")
+        return 0
+
+    task = wf.make_task(task_name, size=cfg["size"], seed=seed, **cfg["overrides"])
+    common = dict(
+        mode=mode,
+        seed=seed,
+        size=cfg["size"],
+        task_config={k: (list(v) if isinstance(v, tuple) else v) for k, v in task.config.items()},
+        budget={k: cfg[k] for k in cfg if k not in ("size", "overrides")},
+        metric_name=task.metric_name,
+        higher_is_better=task.higher_is_better,
+    )
+
+    # Baseline (trained once per task and seed, cached).
+    base_path = os.path.join(work, "baseline.keras")
+    base = _load_model(base_path)
+    t0 = time.time()
+    if base is None:
+        _log(f"{task_name} seed {seed}: training the baseline ({cfg['base_epochs']} epochs)")
+        keras.utils.set_random_seed(seed)
+        base = task.build_model()
+        wf.train(base, task, cfg["base_epochs"], lr=cfg["base_lr"], verbose=0)
+        _save_model(base, base_path)
+    base_seconds = time.time() - t0
+    base_metric = wf.evaluate(base, task)
+    base_row = wf.record(base, task, metric=base_metric)
+    base_params, base_flops = base_row["params"], base_row["flops"]
+    _log(
+        f"{task_name} seed {seed}: baseline {task.metric_name}={base_metric:.4f} "
+        f"params={base_params} flops={base_flops}"
+    )
+    written = 0
+    if "baseline" in todo:
+        do_export = export and "baseline" in export_methods
+        exp = _export(base, task, work, "baseline", runs) if do_export else {}
+        rec = wf.record(
+            base,
+            task,
+            metric=base_metric,
+            export=exp,
+            **common,
+            method="baseline",
+            target=None,
+            finetune="plain",
+            params_reduction=0.0,
+            flops_reduction=0.0,
+            seconds_train=round(base_seconds, 1),
+        )
+        write_record(record_path(out_dir, mode, task_name, seed, "baseline"), rec)
+        written += 1
+
+    for m, items in todo.items():
+        if m == "baseline":
+            continue
+        if _past_stop():
+            _log("stop time reached; no new runs")
+            return written
+        spec = METHODS[m]
+        source, sparse_metric, sp_seconds = base, None, 0.0
+        if spec["sparsity"] is not None:
+            sp_path = os.path.join(work, f"{m}_sparse.keras")
+            source = _load_model(sp_path)
+            t0 = time.time()
+            if source is None:
+                _log(
+                    f"{task_name} seed {seed}: {m} sparsity training "
+                    f"({cfg['sparsity_epochs']} epochs, budget {sparsity_target:.0%} FLOPs)"
+                )
+                keras.utils.set_random_seed(seed)
+                source = wf.sparsity_train(
+                    _copy(base),
+                    task,
+                    epochs=cfg["sparsity_epochs"],
+                    method=spec["sparsity"],
+                    target_flops=sparsity_target,
+                    penalty=cfg["penalty"],
+                    lr=cfg["sparsity_lr"],
+                    verbose=0,
+                    **spec["options"],
+                )
+                _save_model(source, sp_path)
+            sp_seconds = time.time() - t0
+            sparse_metric = wf.evaluate(source, task)
+        for t, ft in items:
+            if _past_stop():
+                _log("stop time reached; no new runs")
+                return written
+            t0 = time.time()
+            keras.utils.set_random_seed(seed)
+            small = wf.prune(source, target_flops=t, criterion=spec["criterion"], seed=seed)
+            pruned_metric = wf.evaluate(small, task)
+            teacher = _copy(base) if ft == "distill" else None
+            wf.finetune(
+                small,
+                task,
+                cfg["finetune_epochs"],
+                teacher=teacher,
+                lr=cfg["finetune_lr"],
+                verbose=0,
+            )
+            metric = wf.evaluate(small, task)
+            exp = {}
+            if export and m in export_methods and ft == "plain" and abs(t - export_target) < 1e-9:
+                exp = _export(small, task, work, f"{m}_t{round(t * 100)}", runs)
+            rec = wf.record(
+                small,
+                task,
+                metric=metric,
+                export=exp,
+                **common,
+                method=m,
+                target=t,
+                finetune=ft,
+                criterion=spec["criterion"],
+                sparsity=spec["sparsity"],
+                options=spec["options"],
+                sparsity_target=(sparsity_target if spec["sparsity"] else None),
+                baseline_metric=base_metric,
+                metric_sparse=sparse_metric,
+                metric_pruned=pruned_metric,
+                seconds_sparsity=round(sp_seconds, 1),
+                seconds_prune_finetune=round(time.time() - t0, 1),
+            )
+            rec["params_reduction"] = 1.0 - rec["params"] / base_params
+            rec["flops_reduction"] = 1.0 - rec["flops"] / base_flops
+            write_record(record_path(out_dir, mode, task_name, seed, m, t, ft), rec)
+            written += 1
+            _log(
+                f"{task_name} seed {seed}: {m} target {t:.0%} {ft}: {task.metric_name} "
+                f"{pruned_metric:.4f} -> {metric:.4f} (params -{rec['params_reduction']:.1%}, "
+                f"FLOPs -{rec['flops_reduction']:.1%})"
+            )
+    return written
+
+
+def run_tfmot(task_name: str, seed: int, *, mode: str, out_dir: str, work_dir: str) -> bool:
+    """The tfmot row: prune_low_magnitude at the params reduction ACSL reached
+    at the export target (the target itself if that record is missing)."""
+    import keras
+
+    from acsl_tf import _io  # noqa: F401
+    from acsl_tf import workflow as wf
+    from acsl_tf.export import benchmark_tflite, to_tflite
+
+    path = record_path(out_dir, mode, task_name, seed, "tfmot", MODES[mode]["export_target"])
+    if os.path.exists(path):
+        return False
+    from _tfmot_worker import BUILDERS
+
+    mcfg = MODES[mode]
+    t = mcfg["export_target"]
+    acsl_path = record_path(out_dir, mode, task_name, seed, "acsl", t, "plain")
+    sparsity = t
+    if os.path.exists(acsl_path):
+        with open(acsl_path) as f:
+            sparsity = round(json.load(f)["params_reduction"], 3)
+    cfg = mcfg["tasks"][task_name]
+    task = wf.make_task(task_name, size=cfg["size"], seed=seed, **cfg["overrides"])
+    size = int(task.input_shape[0])
+    work = os.path.join(work_dir, mode, task_name, f"seed{seed}")
+    os.makedirs(work, exist_ok=True)
+    keras.utils.set_random_seed(seed)
+    ref = BUILDERS["vgg"](keras, size)
+    ref_path = os.path.join(work, "tfmot_ref_float32.tflite")
+    to_tflite(ref, ref_path, quantization="none", overwrite=True)
+    out = os.path.join(work, "tfmot.tflite")
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1")
+    cmd = [
+        sys.executable,
+        os.path.join(HERE, "_tfmot_worker.py"),
+        "--arch",
+        "vgg",
+        "--size",
+        str(size),
+        "--sparsity",
+        str(sparsity),
+        "--out",
+        out,
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        _log(f"tfmot worker failed: {(proc.stderr or '').strip().splitlines()[-3:]}")
+        return False
+    w = json.loads(proc.stdout.strip().splitlines()[-1])
+    runs = mcfg["export_runs"]
+    rec = dict(
+        mode=mode,
+        task=task_name,
+        seed=seed,
+        method="tfmot",
+        target=t,
+        finetune="plain",
+        metric_name=task.metric_name,
+        metric=None,
+        arch="tfmot_worker vgg",
+        input_size=size,
+        target_sparsity=sparsity,
+        kernel_sparsity=w["kernel_sparsity"],
+        params=w["params"],
+        unpruned_bytes=os.path.getsize(ref_path),
+        tflite_bytes=os.path.getsize(w["path"]),
+        sparse_bytes=os.path.getsize(w["sparse_path"]),
+        unpruned_latency_ms=benchmark_tflite(ref_path, threads=1, runs=runs).median_ms,
+        latency_ms_float32=benchmark_tflite(w["path"], threads=1, runs=runs).median_ms,
+        sparse_latency_ms=benchmark_tflite(w["sparse_path"], threads=1, runs=runs).median_ms,
+        tfmot_version=w.get("tfmot_version"),
+    )
+    write_record(path, rec)
+    _log(
+        f"{task_name} seed {seed}: tfmot at {sparsity:.1%} sparsity: "
+        f"{rec['tflite_bytes']} B ({rec['sparse_bytes']} B sparse-encoded)"
+    )
+    return True
+
+
+def _csv(text, cast=str):
+    return [cast(v) for v in text.split(",") if v.strip()]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mode", choices=sorted(MODES), default="smoke")
+    parser.add_argument("--tasks", default=None, help="comma-separated (default: all three)")
+    parser.add_argument("--methods", default=None, help="comma-separated (default: the mode's)")
+    parser.add_argument("--seeds", default=None, help="comma-separated ints")
+    parser.add_argument("--targets", default=None, help="comma-separated FLOPs fractions")
+    parser.add_argument("--no-distill", action="store_true")
+    parser.add_argument("--no-export", action="store_true", help="skip TFLite export/latency")
+    parser.add_argument("--summary-only", action="store_true")
+    parser.add_argument(
+        "--stop-at", default=None, help="HH:MM UTC: start no new run after this time"
+    )
+    parser.add_argument("--out-dir", default=RESULTS)
+    parser.add_argument(
+        "--work-dir", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "acsl_tf_compression")
+    )
+    args = parser.parse_args(argv)
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    mcfg = MODES[args.mode]
+    tasks = _csv(args.tasks) if args.tasks else list(mcfg["tasks"])
+    methods = _csv(args.methods) if args.methods else list(mcfg["methods"])
+    seeds = _csv(args.seeds, int) if args.seeds else list(mcfg["seeds"])
+    targets = _csv(args.targets, float) if args.targets else list(mcfg["targets"])
+    for name in tasks:
+        if name not in mcfg["tasks"]:
+            raise ValueError(
+                f"Unknown task. Choose from {sorted(mcfg['tasks'])}. Received: tasks={args.tasks!r}"
+            )
+    for m in methods:
+        if m not in METHODS and m not in SPECIAL:
+            raise ValueError(
+                f"Unknown method. Choose from {sorted(METHODS) + list(SPECIAL)}. "
+                f"Received: methods={args.methods!r}"
+            )
+    for t in targets:
+        if not 0.0 < t < 1.0:
+            raise ValueError(f"Targets must be in (0, 1). Received: targets={args.targets!r}")
+    _STOP_AT[0] = _parse_stop_at(args.stop_at) if args.stop_at else None
+    if not args.summary_only:
+        for name in tasks:
+            for seed in seeds:
+                if _past_stop():
+                    break
+                run_task_seed(
+                    name,
+                    seed,
+                    mode=args.mode,
+                    methods=methods,
+                    targets=targets,
+                    out_dir=args.out_dir,
+                    work_dir=args.work_dir,
+                    distill=mcfg["distill"] and not args.no_distill,
+                    export=not args.no_export,
+                )
+                if "tfmot" in methods and mcfg["tfmot"] and name == "classification":
+                    run_tfmot(
+                        name, seed, mode=args.mode, out_dir=args.out_dir, work_dir=args.work_dir
+                    )
+                write_summary(args.out_dir, args.mode)
+    path = write_summary(args.out_dir, args.mode)
+    _log(f"summary: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

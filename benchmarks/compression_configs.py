@@ -1,0 +1,147 @@
+"""Configurations of the compression benchmark (benchmarks/compression.py).
+
+Every method of one task and seed shares the same data, the same baseline
+weights (sparsity training continues from the baseline, as in Network
+Slimming) and the same epoch budgets:
+
+- ``base_epochs``: baseline training (SGD, momentum 0.9, ``base_lr``);
+- ``sparsity_epochs``: sparsity training of the methods that have it (SGD,
+  ``sparsity_lr``, base strength ``penalty``, adapted once per epoch by
+  ``BudgetStrength`` towards the *most aggressive* target of the run; the
+  sparsity-trained model is then pruned to every target);
+- ``finetune_epochs``: fine-tuning after pruning (Adam, ``finetune_lr``), the
+  same for every method, with or without distillation.
+
+``METHODS`` maps a method name to how it is run: ``sparsity`` is the
+``workflow.sparsity_train`` method (None: prune the baseline directly),
+``criterion`` the ``shrink`` criterion and ``options`` the ACSL options.
+"""
+
+from __future__ import annotations
+
+#: How each method is run.
+METHODS: dict[str, dict] = {
+    "acsl": dict(sparsity="acsl", criterion="gamma", options=dict(direction="redundant")),
+    "acsl_informative": dict(
+        sparsity="acsl", criterion="gamma", options=dict(direction="informative")
+    ),
+    "acsl_attention": dict(
+        sparsity="acsl",
+        criterion="gamma",
+        options=dict(direction="redundant", affinity="attention"),
+    ),
+    "acsl_t2": dict(
+        sparsity="acsl", criterion="gamma", options=dict(direction="redundant", temperature=2.0)
+    ),
+    "ns": dict(sparsity="ns", criterion="gamma", options={}),
+    "cap": dict(sparsity="cap", criterion="cap", options={}),
+    "l1": dict(sparsity=None, criterion="l1", options={}),
+    "random": dict(sparsity=None, criterion="random", options={}),
+}
+
+#: Methods that are not a pruning method: the unpruned model and tfmot.
+SPECIAL = ("baseline", "tfmot")
+
+MAIN_METHODS = ("acsl", "ns", "cap", "l1", "random")
+VARIANTS = ("acsl_informative", "acsl_attention", "acsl_t2")
+
+#: Per-mode settings. ``tasks[name]`` holds the make_task size/overrides and
+#: the training budget of that task.
+MODES: dict[str, dict] = {
+    "smoke": dict(
+        seeds=(0,),
+        targets=(0.5,),
+        methods=("baseline", "acsl", "ns", "l1"),
+        distill=False,
+        distill_methods=(),
+        export_target=0.5,
+        export_methods=("baseline", "acsl", "ns", "l1"),
+        export_runs=20,
+        tfmot=False,
+        tasks={
+            "classification": dict(
+                size="tiny",
+                overrides={},
+                base_epochs=1,
+                sparsity_epochs=1,
+                finetune_epochs=1,
+                base_lr=0.05,
+                sparsity_lr=0.05,
+                finetune_lr=1e-3,
+                penalty=1e-3,
+            ),
+            "segmentation": dict(
+                size="tiny",
+                overrides={},
+                base_epochs=1,
+                sparsity_epochs=1,
+                finetune_epochs=1,
+                base_lr=0.05,
+                sparsity_lr=0.05,
+                finetune_lr=1e-3,
+                penalty=1e-3,
+            ),
+            "counting": dict(
+                size="tiny",
+                overrides={},
+                base_epochs=1,
+                sparsity_epochs=1,
+                finetune_epochs=1,
+                base_lr=0.01,
+                sparsity_lr=0.01,
+                finetune_lr=1e-3,
+                penalty=1e-3,
+            ),
+        },
+    ),
+    "full": dict(
+        seeds=(0, 1, 2),
+        targets=(0.5, 0.7, 0.85),
+        methods=("baseline",) + MAIN_METHODS + VARIANTS + ("tfmot",),
+        distill=True,
+        export_target=0.7,
+        export_methods=("baseline", "acsl", "ns"),
+        distill_methods=("acsl", "ns"),
+        export_runs=50,
+        tfmot=True,
+        tasks={
+            # 6000 / 1000 images, vgg_small width 0.5 (73k params), 46 steps per epoch.
+            "classification": dict(
+                size="quick",
+                overrides={},
+                base_epochs=6,
+                sparsity_epochs=4,
+                finetune_epochs=2,
+                base_lr=0.05,
+                sparsity_lr=0.05,
+                finetune_lr=1e-3,
+                penalty=4e-3,
+            ),
+            # 480 / 200 scenes of 48x48, unet depth 3 width 0.25, 30 steps per epoch.
+            "segmentation": dict(
+                size="quick",
+                overrides=dict(n_train=480),
+                base_epochs=8,
+                sparsity_epochs=4,
+                finetune_epochs=2,
+                base_lr=0.05,
+                sparsity_lr=0.05,
+                finetune_lr=1e-3,
+                penalty=5e-3,
+            ),
+            # 600 / 200 scenes of 64x64 with 0-80 items, vgg16_decoder width 0.125
+            # (256k params), 37 steps per epoch.
+            "counting": dict(
+                size="quick",
+                overrides={},
+                base_epochs=12,
+                sparsity_epochs=4,
+                finetune_epochs=2,
+                base_lr=0.01,
+                sparsity_lr=0.01,
+                finetune_lr=1e-3,
+                penalty=1e-2,
+            ),
+        },
+    ),
+}

@@ -1,0 +1,216 @@
+"""Tests of benchmarks/compression.py: aggregation, table and plots on
+synthetic records (fast), and the smoke mode end to end (slow)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "benchmarks"))
+
+import compression as cb  # noqa: E402
+from compression_configs import METHODS, MODES  # noqa: E402
+
+
+def _rec(
+    task,
+    method,
+    seed,
+    metric,
+    target=None,
+    finetune="plain",
+    params=1000,
+    flops=10_000,
+    base_params=1000,
+    base_flops=10_000,
+    metric_name="accuracy",
+    **extra,
+):
+    r = dict(
+        mode="full",
+        task=task,
+        method=method,
+        seed=seed,
+        target=target,
+        finetune=finetune,
+        metric=metric,
+        metric_name=metric_name,
+        higher_is_better=metric_name != "mae",
+        params=params,
+        flops=flops,
+        params_reduction=1 - params / base_params,
+        flops_reduction=1 - flops / base_flops,
+        metric_pruned=None if target is None else metric - 0.1,
+    )
+    r.update(extra)
+    return r
+
+
+def _synthetic():
+    recs = []
+    for s, (b, a, n) in enumerate([(0.90, 0.85, 0.80), (0.92, 0.87, 0.84), (0.91, 0.86, 0.82)]):
+        recs.append(
+            _rec(
+                "classification",
+                "baseline",
+                s,
+                b,
+                tflite_bytes=4096,
+                int8_bytes=1024,
+                latency_ms_float32=1.0,
+                latency_ms_int8=0.5,
+            )
+        )
+        recs.append(_rec("classification", "acsl", s, a, 0.5, params=400, flops=5000))
+        recs.append(_rec("classification", "ns", s, n, 0.5, params=500, flops=5000))
+    recs.append(
+        _rec("classification", "acsl", 0, 0.88, 0.5, finetune="distill", params=400, flops=5000)
+    )
+    recs.append(_rec("counting", "baseline", 0, 3.0, metric_name="mae"))
+    recs.append(_rec("counting", "l1", 0, 4.5, 0.7, params=100, flops=3000, metric_name="mae"))
+    recs.append(
+        dict(
+            mode="full",
+            task="classification",
+            method="tfmot",
+            seed=0,
+            target=0.7,
+            finetune="plain",
+            metric=None,
+            metric_name="accuracy",
+            kernel_sparsity=0.6,
+            unpruned_bytes=2048,
+            tflite_bytes=2048,
+            sparse_bytes=1024,
+            unpruned_latency_ms=1.0,
+            latency_ms_float32=1.1,
+            sparse_latency_ms=1.2,
+            params=5000,
+        )
+    )
+    return recs
+
+
+def test_aggregate_mean_spread_and_reductions():
+    rows = cb.aggregate(_synthetic())
+    by = {(r["task"], r["method"], r["target"], r["finetune"]): r for r in rows}
+    a = by["classification", "acsl", 0.5, "plain"]
+    assert a["n"] == 3 and a["seeds"] == [0, 1, 2]
+    assert a["metric_mean"] == pytest.approx(0.86)
+    assert a["metric_std"] == pytest.approx(0.01)  # sample std of .85, .87, .86
+    assert a["params_reduction"] == pytest.approx(0.6)
+    assert a["flops_reduction"] == pytest.approx(0.5)
+    assert a["metric_pruned_mean"] == pytest.approx(0.76)
+    ns = by["classification", "ns", 0.5, "plain"]
+    assert ns["metric_std"] == pytest.approx(0.02)
+    d = by["classification", "acsl", 0.5, "distill"]
+    assert d["n"] == 1 and d["metric_std"] == 0.0
+    base = by["classification", "baseline", None, "plain"]
+    assert base["tflite_bytes"] == 4096 and base["latency_ms_int8"] == 0.5
+    # tfmot records are reported separately; baseline rows come first per task.
+    assert all(r["method"] != "tfmot" for r in rows)
+    assert rows[0]["method"] == "baseline" and rows[0]["task"] == "classification"
+    assert rows[-1]["task"] == "counting"
+    assert len(cb.tfmot_rows(_synthetic())) == 1
+
+
+def test_summary_markdown_table():
+    md = cb.summary_markdown(_synthetic(), title="T")
+    lines = md.splitlines()
+    assert lines[0] == "# T"
+    acsl = next(line for line in lines if line.startswith("| 50% | acsl |"))
+    cells = [c.strip() for c in acsl.strip("|").split("|")]
+    assert cells[2] == "86.0 ± 1.0"
+    assert cells[3] == "0,1,2"
+    assert cells[4] == "76.0"
+    assert cells[5] == "60.0%" and cells[6] == "50.0%"
+    assert cells[7] == "400"
+    # the MAE task prints raw values, with no ± for a single seed
+    l1 = next(line for line in lines if line.startswith("| 70% | l1 |"))
+    assert "| 4.50 |" in l1 and "±" not in l1
+    # distillation and tfmot sections
+    drow = next(line for line in lines if "| 88.0 |" in line)
+    assert drow == "| 50% | acsl | 86.0 ± 1.0 | 88.0 | 0,1,2 / 0 |"
+    assert "## tfmot prune_low_magnitude" in md
+    assert "| classification | 0 | 60.0% | 2 | 2 | 1 |" in md
+    assert cb.summary_markdown([], title="E").splitlines()[-1] == "No records."
+
+
+def test_plot_writes_one_png_per_task(tmp_path):
+    paths = cb.plot(_synthetic(), str(tmp_path))
+    assert [os.path.basename(p) for p in paths] == ["classification.png", "counting.png"]
+    for p in paths:
+        with open(p, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_records_round_trip_and_paths(tmp_path):
+    out = str(tmp_path)
+    p = cb.record_path(out, "full", "counting", 2, "acsl", 0.85, "distill")
+    assert p.endswith(os.path.join("runs", "full", "counting", "seed2", "acsl_t85_distill.json"))
+    assert cb.record_path(out, "full", "counting", 2, "baseline").endswith("seed2/baseline.json")
+    recs = _synthetic()
+    for i, r in enumerate(recs):
+        cb.write_record(cb.record_path(out, "full", r["task"], r["seed"], f"m{i}"), r)
+    loaded = cb.load_records(out, "full")
+    assert len(loaded) == len(recs)
+    assert sorted(json.dumps(r, sort_keys=True) for r in loaded) == sorted(
+        json.dumps(r, sort_keys=True) for r in recs
+    )
+    assert cb.load_records(out, "smoke") == []
+
+
+def test_configs_are_consistent():
+    for mode in MODES.values():
+        for m in mode["methods"]:
+            assert m in METHODS or m in ("baseline", "tfmot")
+        assert mode["export_target"] in mode["targets"]
+        assert set(mode["tasks"]) == {"classification", "segmentation", "counting"}
+    assert METHODS["ns"]["sparsity"] == "ns" and METHODS["l1"]["sparsity"] is None
+    assert METHODS["cap"]["criterion"] == "cap"
+
+
+def test_main_rejects_unknown_method():
+    with pytest.raises(ValueError, match="Unknown method"):
+        cb.main(["--mode", "smoke", "--methods", "magic", "--summary-only"])
+
+
+@pytest.mark.slow
+def test_smoke_mode_end_to_end_and_resumes(tmp_path):
+    out, work = str(tmp_path / "out"), str(tmp_path / "work")
+    argv = ["--mode", "smoke", "--tasks", "classification", "--out-dir", out, "--work-dir", work]
+    assert cb.main(argv) == 0
+    recs = cb.load_records(out, "smoke")
+    methods = sorted(r["method"] for r in recs)
+    assert methods == sorted(MODES["smoke"]["methods"])
+    for r in recs:
+        assert 0.0 <= r["metric"] <= 1.0
+        if r["method"] != "baseline":
+            assert r["target"] == 0.5
+            assert r["flops_reduction"] >= 0.5 - 1e-6
+            assert r["params"] < next(b["params"] for b in recs if b["method"] == "baseline")
+            assert r["tflite_bytes"] > 0 and r["latency_ms_int8"] > 0
+    assert os.path.exists(os.path.join(out, "summary_smoke.md"))
+    # resumable: a second call finds every record and writes nothing new
+    mtimes = {p: os.path.getmtime(p) for p in _json_files(out)}
+    assert (
+        cb.run_task_seed(
+            "classification",
+            0,
+            mode="smoke",
+            methods=MODES["smoke"]["methods"],
+            targets=[0.5],
+            out_dir=out,
+            work_dir=work,
+        )
+        == 0
+    )
+    assert {p: os.path.getmtime(p) for p in _json_files(out)} == mtimes
+
+
+def _json_files(root):
+    return [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs if f.endswith(".json")]
