@@ -163,6 +163,7 @@ def main(argv=None):
             "median_ms": cmp.b.median_ms,
             "speedup": cmp.speedup,
             "speedup_per_flops_ratio": cmp.speedup / ratio,
+            "min_ratio": cmp.min_ratio,
             "round_ratios": cmp.round_ratios,
         }
         row.update(extra or {})
@@ -255,25 +256,28 @@ def main(argv=None):
     info = machine()
     lines = [
         "| model | format | variant | params | MFLOPs | FLOPs ratio | size KiB | median ms | "
-        "unpruned median ms | speed-up | speed-up / FLOPs ratio |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "unpruned median ms | speed-up | speed-up / FLOPs ratio | ratio of min latencies |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         base_ms = "" if r["base_median_ms"] is None else f"{r['base_median_ms']:.3f}"
+        min_ratio = f"{r['min_ratio']:.2f}x" if "min_ratio" in r else ""
         variant = r["variant"]
         if "kernel_sparsity" in r:
             variant += f" (measured {r['kernel_sparsity']:.1%} zeros)"
         lines.append(
             f"| {r['model']} | {r['format']} | {variant} | {r['params']:,} | {r['mflops']:.1f} | "
             f"{r['flops_ratio']:.2f}x | {r['size_kib']:.0f} | {r['median_ms']:.3f} | {base_ms} | "
-            f"{r['speedup']:.2f}x | {r['speedup_per_flops_ratio']:.2f} |"
+            f"{r['speedup']:.2f}x | {r['speedup_per_flops_ratio']:.2f} | {min_ratio} |"
         )
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     header = (
         f"Machine: {info['cpu']}, {info['cores']} cores, CPU only; TF {info['tensorflow']}, "
         f"Keras {info['keras']}, ai-edge-litert {info['ai_edge_litert']}. "
         f"{args.size}x{args.size}x3 input, batch 1, 1 thread (XNNPACK), "
         f"{args.rounds} interleaved rounds x {args.runs} invokes per model; "
-        "speed-up = median over rounds of (unpruned median / variant median)."
+        "speed-up = median over rounds of (unpruned median / variant median); "
+        f"1-minute load average at the end: {load:.1f}."
     )
     table = "\n".join(lines)
     md = "# TFLite latency: channel pruning vs unstructured sparsity\n\n" + header + "\n\n" + table
@@ -288,6 +292,7 @@ def main(argv=None):
         "settings": vars(args),
         "rows": rows,
         "notes": notes,
+        "load_average_1min": load,
         "seconds": round(time.time() - t_start, 1),
     }
     _io.atomic_write_text(

@@ -60,6 +60,7 @@ def test_compare_tflite_interleaves_rounds(models):
     assert cmp.a.runs == cmp.b.runs == 20
     assert cmp.speedup == pytest.approx(float(np.median(cmp.round_ratios)))
     assert all(r > 0 for r in cmp.round_ratios)
+    assert cmp.min_ratio == pytest.approx(cmp.a.min_ms / cmp.b.min_ms)
     assert "speed-up of B over A" in str(cmp)
     assert cmp.to_dict()["a"]["runs"] == 20
 

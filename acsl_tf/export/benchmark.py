@@ -53,6 +53,8 @@ class LatencyComparison:
 
     ``speedup`` is the median over rounds of ``median_a / median_b`` within each
     round, i.e. how many times faster model B is than model A (> 1: B faster).
+    ``min_ratio`` is ``min_a / min_b``: on a loaded machine the fastest invoke
+    is the least disturbed one, so it is a useful second estimate.
     """
 
     a: LatencyStats
@@ -62,6 +64,7 @@ class LatencyComparison:
     rounds: int
     runs_per_round: int
     threads: int
+    min_ratio: float = float("nan")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -70,7 +73,8 @@ class LatencyComparison:
         return (
             f"A: {self.a}\nB: {self.b}\nspeed-up of B over A: {self.speedup:.3f}x "
             f"(median of {self.rounds} interleaved rounds; per-round "
-            f"{min(self.round_ratios):.3f}-{max(self.round_ratios):.3f})"
+            f"{min(self.round_ratios):.3f}-{max(self.round_ratios):.3f}; ratio of minimums "
+            f"{self.min_ratio:.3f}x)"
         )
 
 
@@ -203,9 +207,12 @@ def compare_tflite(
         times_a.append(ta)
         times_b.append(tb)
         ratios.append(float(np.median(ta) / np.median(tb)))
+    stats_a = LatencyStats.from_times(np.concatenate(times_a), threads)
+    stats_b = LatencyStats.from_times(np.concatenate(times_b), threads)
     return LatencyComparison(
-        a=LatencyStats.from_times(np.concatenate(times_a), threads),
-        b=LatencyStats.from_times(np.concatenate(times_b), threads),
+        a=stats_a,
+        b=stats_b,
+        min_ratio=stats_a.min_ms / stats_b.min_ms,
         speedup=float(np.median(ratios)),
         round_ratios=ratios,
         rounds=int(rounds),
