@@ -67,6 +67,7 @@ __all__ = [
     "make_task",
     "predict",
     "prune",
+    "recalibrate_bn",
     "record",
     "sparsity_train",
     "train",
@@ -424,6 +425,7 @@ def train(
     optimizer: str | keras.optimizers.Optimizer = "sgd",
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int = 2,
+    recalibrate: int = 20,
 ):
     """Compile ``model`` with the task's loss and metrics and train it.
 
@@ -435,6 +437,8 @@ def train(
         optimizer: ``"sgd"`` (momentum 0.9), ``"adam"`` or an optimizer object.
         callbacks: Keras callbacks.
         verbose: Keras verbosity (2 = one line per epoch).
+        recalibrate: Batches of :func:`recalibrate_bn` run after training
+            (0 = keep the moving statistics of ``fit``).
 
     Returns:
         The Keras ``History`` (None for 0 epochs).
@@ -451,7 +455,10 @@ def train(
     model.compile(
         _optimizer(optimizer, lr), task.loss(), metrics=task.metrics(), run_eagerly=task.eager
     )
-    return _fit(model, task, epochs, callbacks, verbose)
+    hist = _fit(model, task, epochs, callbacks, verbose)
+    if epochs and recalibrate:
+        recalibrate_bn(model, task, recalibrate)
+    return hist
 
 
 def predict(model: keras.Model, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
@@ -462,6 +469,68 @@ def predict(model: keras.Model, x: np.ndarray, batch_size: int = 64) -> np.ndarr
         y = model(x[i : i + batch_size], training=False)
         outs.append(keras.ops.convert_to_numpy(y))
     return np.concatenate(outs, axis=0)
+
+
+def _batchnorms(model) -> list:
+    from acsl_tf.wrapper import PruneLowCorrelation
+
+    found, seen = [], set()
+
+    def visit(layer):
+        if id(layer) in seen:
+            return
+        seen.add(id(layer))
+        if isinstance(layer, PruneLowCorrelation):
+            visit(layer.layer)
+        elif isinstance(layer, keras.layers.BatchNormalization):
+            found.append(layer)
+        elif hasattr(layer, "layers"):
+            for sub in layer.layers:
+                visit(sub)
+
+    visit(model)
+    return found
+
+
+def recalibrate_bn(model: keras.Model, task: Task, batches: int = 20) -> keras.Model:
+    """Re-estimate the BatchNorm moving statistics on training batches.
+
+    After a short training run (or after channels were removed) the moving
+    means/variances lag behind the weights: with Keras' default momentum 0.99
+    they need several hundred steps to settle, and a model that trains well
+    can evaluate badly. This runs ``batches`` training batches through the
+    model in training mode, with each BN's momentum set so that the moving
+    statistics become the plain average of the batch statistics (adaptive BN,
+    as used by EagleEye to evaluate pruned networks). No weight is trained;
+    the momenta are restored afterwards.
+
+    Args:
+        model: The model (updated in place).
+        task: A :class:`Task` (its ``train_ds`` supplies the batches).
+        batches: Number of batches (0 does nothing).
+
+    Returns:
+        ``model``.
+
+    Example:
+    ```python
+    recalibrate_bn(small, task)
+    ```
+    """
+    batches = _check_epochs(batches)
+    bns = _batchnorms(model)
+    if not bns or not batches:
+        return model
+    saved = [bn.momentum for bn in bns]
+    try:
+        for i, (x, _) in enumerate(task.train_ds().take(batches)):
+            for bn in bns:
+                bn.momentum = i / (i + 1.0)
+            model(x, training=True)
+    finally:
+        for bn, m in zip(bns, saved):
+            bn.momentum = m
+    return model
 
 
 def evaluate(model: keras.Model, task: Task) -> float:
@@ -498,6 +567,7 @@ def sparsity_train(
     threshold: float = 0.05,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int = 2,
+    recalibrate: int = 20,
     **acsl_options,
 ) -> keras.Model:
     """Sparsity training on the BatchNorm gammas; returns the wrapped model.
@@ -521,6 +591,7 @@ def sparsity_train(
         threshold: ``|gamma|`` counted as removable by ``BudgetStrength``.
         callbacks: Extra Keras callbacks.
         verbose: Keras verbosity.
+        recalibrate: Batches of :func:`recalibrate_bn` after training.
         **acsl_options: Passed to :func:`acsl_tf.prune_low_correlation`
             (e.g. ``affinity``, ``direction``, ``temperature``).
 
@@ -558,7 +629,16 @@ def sparsity_train(
     cbs = list(callbacks)
     if target_flops is not None:
         cbs.append(BudgetStrength(threshold=threshold, verbose=1 if verbose else 0))
-    train(wrapped, task, epochs, lr=lr, optimizer="sgd", callbacks=cbs, verbose=verbose)
+    train(
+        wrapped,
+        task,
+        epochs,
+        lr=lr,
+        optimizer="sgd",
+        callbacks=cbs,
+        verbose=verbose,
+        recalibrate=recalibrate,
+    )
     return wrapped
 
 
@@ -610,6 +690,7 @@ def finetune(
     alpha: float | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int = 2,
+    recalibrate: int = 20,
 ) -> keras.Model:
     """Fine-tune a (shrunk) model, optionally distilled from ``teacher``.
 
@@ -624,6 +705,7 @@ def finetune(
         alpha: Distillation weight shortcut of :class:`acsl_tf.Distiller`.
         callbacks: Keras callbacks.
         verbose: Keras verbosity.
+        recalibrate: Batches of :func:`recalibrate_bn` after fine-tuning.
 
     Returns:
         ``model`` (a plain model, compiled with the task's loss).
@@ -638,13 +720,24 @@ def finetune(
     """
     epochs = _check_epochs(epochs)
     if teacher is None:
-        train(model, task, epochs, lr=lr, optimizer=optimizer, callbacks=callbacks, verbose=verbose)
+        train(
+            model,
+            task,
+            epochs,
+            lr=lr,
+            optimizer=optimizer,
+            callbacks=callbacks,
+            verbose=verbose,
+            recalibrate=recalibrate,
+        )
         return model
     from acsl_tf.distill import Distiller
 
     d = Distiller(model, teacher, task=task.distill_task, alpha=alpha)
     d.compile(_optimizer(optimizer, lr), metrics=task.metrics(), run_eagerly=task.eager)
     _fit(d, task, epochs, callbacks, verbose)
+    if epochs and recalibrate:
+        recalibrate_bn(model, task, recalibrate)
     model.compile(
         _optimizer(optimizer, lr), task.loss(), metrics=task.metrics(), run_eagerly=task.eager
     )
