@@ -161,7 +161,7 @@ def plot_channels(report, path, title):
         r for r in report.rows if r.channels_before is not None and r.cls != "BatchNormalization"
     ]
     rows = [r for r in rows if r.cls in ("Conv2D", "Dense", "DepthwiseConv2D", "SeparableConv2D")]
-    names = [r.name.replace("_conv", "") for r in rows]
+    names = [r.name[: -len("_conv")] if r.name.endswith("_conv") else r.name for r in rows]
     before = [r.channels_before for r in rows]
     after = [r.channels_after or 0 for r in rows]
     fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(rows) + 2), 4))
