@@ -23,6 +23,7 @@ from acsl_tf.schedules import ConstantStrength, PolynomialStrength  # noqa: E402
 from acsl_tf.sparsity import sparsity_report  # noqa: E402
 from acsl_tf.wrapper import PruneLowCorrelation  # noqa: E402
 from acsl_tf.cap import cap_criterion, prune_context_aware  # noqa: E402
+from acsl_tf.batchnorm import recalibrate_batchnorm  # noqa: E402
 
 __all__ += [
     "affinity",
@@ -40,6 +41,7 @@ __all__ += [
     "PruneLowCorrelation",
     "cap_criterion",
     "prune_context_aware",
+    "recalibrate_batchnorm",
 ]
 # --- end ACSL ---
 

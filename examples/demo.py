@@ -91,6 +91,10 @@ def main(argv=None):
         verbose=2,
         callbacks=[acsl_tf.BudgetStrength(threshold=args.threshold)],
     )
+    # A strong penalty shrinks activations faster than the BatchNorm moving
+    # statistics follow; re-estimate them before evaluating in inference mode.
+    calib = x_train[: 20 * args.batch_size]
+    acsl_tf.recalibrate_batchnorm(wrapped, calib, batch_size=args.batch_size)
     _, acc_sparse = wrapped.evaluate(x_test, y_test, verbose=0)
     print()
     print(acsl_tf.sparsity_report(wrapped, threshold=args.threshold))
@@ -98,11 +102,13 @@ def main(argv=None):
     small = acsl_tf.shrink(wrapped, target_flops=args.target_flops)
     print()
     print(acsl_tf.shrink_report(acsl_tf.strip_pruning(wrapped), small))
+    acsl_tf.recalibrate_batchnorm(small, calib, batch_size=args.batch_size)
     small.compile(keras.optimizers.Adam(1e-3), loss, metrics=["accuracy"])
     _, acc_shrunk = small.evaluate(x_test, y_test, verbose=0)
     if args.finetune_epochs:
         print(f"\nFine-tuning the shrunk model, {args.finetune_epochs} epochs")
         small.fit(train, epochs=args.finetune_epochs, steps_per_epoch=steps, verbose=2)
+        acsl_tf.recalibrate_batchnorm(small, calib, batch_size=args.batch_size)
     _, acc_final = small.evaluate(x_test, y_test, verbose=0)
 
     before = acsl_tf.profile(acsl_tf.strip_pruning(wrapped))
