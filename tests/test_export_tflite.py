@@ -189,6 +189,7 @@ def test_int8_float_io_has_only_edge_quantize_ops(cnn, rep, exported, tmp_path):
     assert np.abs(a - b).max() <= 2 * exported["int8"].outputs[0].scale + 1e-6
 
 
+@pytest.mark.slow
 def test_dataset_representative_data_gives_the_same_model(cnn, rep, exported, tmp_path):
     import tensorflow as tf
 

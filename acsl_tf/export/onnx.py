@@ -107,6 +107,8 @@ def to_onnx(
         raise ValueError(
             "`labels` are aligned with `sample_data`, which is missing. Received: sample_data=None"
         )
+    if labels is not None:
+        _common.check_labels(labels, len(samples))
     name = input_name or keras_name or "input"
     tol = DEFAULT_TOLERANCES["onnx"] if tolerance is None else float(tolerance)
     if not tol >= 0:

@@ -388,6 +388,8 @@ def to_tflite(
             "`labels` are aligned with `representative_data`, which is missing. "
             "Pass the inputs the labels belong to. Received: representative_data=None"
         )
+    if labels is not None:
+        _common.check_labels(labels, min(len(samples), num_verify_samples))
     tol = DEFAULT_TOLERANCES[quantization] if tolerance is None else float(tolerance)
     if not tol >= 0:
         raise ValueError(
