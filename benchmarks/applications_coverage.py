@@ -8,7 +8,7 @@ outputs must match within 1e-4 relative to the output scale).
 
 Usage:
     python benchmarks/applications_coverage.py [--size 64] [--only ResNet50,VGG16]
-        [--out docs/applications_coverage.md]
+        [--out table.md] [--float64]
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def run_one(name, fn, size):
     row["shrink_s"] = time.perf_counter() - t + row["plan_s"]
     p1 = profile(small)
     row.update(params_after=p1.total_params, flops_after=p1.total_flops)
-    x = np.random.default_rng(1).standard_normal((2, size, size, 3)).astype("float32")
+    x = np.random.default_rng(1).standard_normal((2, size, size, 3)).astype(keras.config.floatx())
     y1 = np.asarray(small(x, training=False))
     row["shape_ok"] = y1.shape == tuple(np.asarray(m(x, training=False)).shape)
     # zero-channel equivalence
@@ -138,7 +138,15 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", default="")
     ap.add_argument("--out", default="")
+    ap.add_argument(
+        "--float64",
+        action="store_true",
+        help="build in float64: separates round-off (amplified by deep random "
+        "networks in float32) from real differences",
+    )
     args = ap.parse_args(argv)
+    if args.float64:
+        keras.config.set_floatx("float64")
     only = set(filter(None, args.only.split(",")))
     rows = []
     for name, fn, size in MODELS:
