@@ -833,7 +833,8 @@ def _bn_zeroed(bn, x, mask):
     beta = np.asarray(bn.beta) if bn.center else np.zeros(mask.shape[0], "float32")
     inv = gamma / np.sqrt(np.asarray(bn.moving_variance) + bn.epsilon)
     shift = beta - np.asarray(bn.moving_mean) * inv
-    return x * inv.astype("float32") + shift.astype("float32")
+    dt = keras.backend.standardize_dtype(x.dtype)
+    return x * inv.astype(dt) + shift.astype(dt)
 
 
 def _apply_fold(op, cfg, ws, fold, out_keep):
