@@ -49,6 +49,9 @@ def parse_args(doc: str, d: Defaults, argv=None, reference: bool = False):
     p.add_argument("--out", default=None, help=f"output directory (default: runs/{d.task})")
     p.add_argument("--data", default=None, help="Fashion-MNIST directory (default: search)")
     p.add_argument("--width", type=float, default=None, help="channel multiplier of the model")
+    p.add_argument(
+        "--n-train", type=int, default=None, help="training samples (default: from the size)"
+    )
     p.add_argument("--epochs", type=int, default=None, help="baseline training epochs")
     p.add_argument("--sparsity-epochs", type=int, default=None, help="ACSL sparsity epochs")
     p.add_argument("--finetune-epochs", type=int, default=None, help="fine-tuning epochs")
@@ -235,6 +238,8 @@ def run(doc: str, d: Defaults, argv=None, reference: bool = False) -> dict:
         _pyplot()  # fail early with the install hint
     keras.utils.set_random_seed(args.seed)
     overrides = {} if args.width is None else {"width": args.width}
+    if args.n_train is not None:
+        overrides["n_train"] = args.n_train
     size = "quick" if args.quick else "full"
     task = wf.make_task(d.task, size=size, seed=args.seed, data_dir=args.data, **overrides)
     cfg = task.config
