@@ -824,6 +824,8 @@ register_layer_handler("StochasticDepth", PassThrough())
 for _cls in (L.Add, L.Subtract, L.Multiply, L.Average, L.Maximum, L.Minimum):
     register_layer_handler(_cls, ElementwiseMerge())
 register_layer_handler(L.Concatenate, ConcatenateHandler())
+# keras.applications.InceptionResNetV2: inputs[0] + inputs[1] * scale
+register_layer_handler("CustomScaleLayer", ElementwiseMerge())
 register_layer_handler(L.Flatten, FlattenHandler())
 register_layer_handler(L.Reshape, ReshapeHandler())
 register_layer_handler(L.Rescaling, InputOnly())
