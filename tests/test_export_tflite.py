@@ -368,3 +368,20 @@ def test_labels_without_data_rejected(cnn, tmp_path):
             representative_data=np.zeros((8, 16, 16, 3), "f4"),
             labels=np.zeros(2),
         )
+
+
+def test_multi_output_model_keeps_keras_output_order(tmp_path):
+    inputs = keras.Input((8, 8, 3), name="image")
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inputs)
+    density = keras.layers.Conv2D(1, 1, activation="relu", name="density")(x)
+    cls = keras.layers.Dense(3, activation="softmax", name="cls")(
+        keras.layers.GlobalAveragePooling2D()(x)
+    )
+    model = keras.Model(inputs, [density, cls])
+    report = to_tflite(model, tmp_path / "two.tflite")
+    assert report.passed and report.max_abs_error < 1e-5
+    assert [o.shape for o in report.outputs] == [[-1, 8, 8, 1], [-1, 3]]
+    x = np.random.default_rng(0).random((2, 8, 8, 3), dtype=np.float32)
+    got = run_tflite(report.path, x)
+    for y, ref in zip(got, model(x, training=False)):
+        np.testing.assert_allclose(y, np.asarray(ref), atol=1e-5)

@@ -131,15 +131,25 @@ def inspect_tflite(tflite_path_or_bytes) -> dict:
             }
         )
     counts = collections.Counter(o["op"] for o in op_details)
+    in_details, out_details = it.get_input_details(), it.get_output_details()
+    signatures = it.get_signature_list()
+    if len(signatures) == 1:
+        # Order the outputs as the Keras model's (signature names output_0, output_1, ...).
+        runner = it.get_signature_runner(next(iter(signatures)))
+        by_index = {int(d["index"]): d for d in out_details}
+        sig_out = runner.get_output_details()
+        ordered = [int(sig_out[n]["index"]) for n in sorted(sig_out, key=_natural_key)]
+        if sorted(ordered) == sorted(by_index):
+            out_details = [by_index[i] for i in ordered]
     return {
         "ops": sorted(counts),
         "op_counts": dict(sorted(counts.items())),
         "op_details": op_details,
         "tensors": tensors,
-        "inputs": [_tensor_info(d) for d in it.get_input_details()],
-        "outputs": [_tensor_info(d) for d in it.get_output_details()],
-        "input_indices": [int(d["index"]) for d in it.get_input_details()],
-        "output_indices": [int(d["index"]) for d in it.get_output_details()],
+        "inputs": [_tensor_info(d) for d in in_details],
+        "outputs": [_tensor_info(d) for d in out_details],
+        "input_indices": [int(d["index"]) for d in in_details],
+        "output_indices": [int(d["index"]) for d in out_details],
     }
 
 
