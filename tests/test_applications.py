@@ -7,6 +7,7 @@ gamma criterion and must come back unchanged."""
 import importlib.util
 import pathlib
 
+import keras
 import pytest
 
 _path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "applications_coverage.py"
@@ -15,12 +16,20 @@ cov = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(cov)
 
 NO_BN = {"VGG16", "VGG19", "ConvNeXtTiny"}
+# Deep random networks that amplify float32 round-off by ~1e7: checked in float64.
+ROUNDOFF = {"EfficientNetV2M", "EfficientNetV2L"}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name,fn,size", cov.MODELS, ids=[m[0] for m in cov.MODELS])
 def test_application_shrinks(name, fn, size):
-    row = cov.run_one(name, fn, size)
+    floatx = keras.config.floatx()
+    if name in ROUNDOFF:
+        keras.config.set_floatx("float64")
+    try:
+        row = cov.run_one(name, fn, size)
+    finally:
+        keras.config.set_floatx(floatx)
     assert row["shape_ok"]
     assert row["analytic_ok"]
     assert row["equivalent"], row["max_err"]
