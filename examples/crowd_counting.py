@@ -38,9 +38,9 @@ DEFAULTS = Defaults(
     quick_finetune_epochs=2,
     lr=0.001,
     optimizer="adam",
-    sparsity_lr=0.01,
+    sparsity_lr=0.02,
     penalty=0.001,
-    quick_penalty=0.01,
+    quick_penalty=0.03,
     finetune_lr=0.001,
 )
 
