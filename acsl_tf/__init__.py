@@ -16,14 +16,14 @@ __all__ = ["__version__"]
 
 # --- ACSL sparsity training (acsl_tf.affinity/regularizer/wrapper/prune/schedules/callbacks) ---
 from acsl_tf import affinity, callbacks, schedules  # noqa: E402
+from acsl_tf.batchnorm import recalibrate_batchnorm  # noqa: E402
 from acsl_tf.callbacks import BudgetStrength, SparsityTensorBoard  # noqa: E402
+from acsl_tf.cap import cap_criterion, prune_context_aware  # noqa: E402
 from acsl_tf.prune import get_wrappers, prune_low_correlation, strip_pruning  # noqa: E402
 from acsl_tf.regularizer import CorrelationSparsity  # noqa: E402
 from acsl_tf.schedules import ConstantStrength, PolynomialStrength  # noqa: E402
 from acsl_tf.sparsity import sparsity_report  # noqa: E402
 from acsl_tf.wrapper import PruneLowCorrelation  # noqa: E402
-from acsl_tf.cap import cap_criterion, prune_context_aware  # noqa: E402
-from acsl_tf.batchnorm import recalibrate_batchnorm  # noqa: E402
 
 __all__ += [
     "affinity",
