@@ -33,14 +33,14 @@ DEFAULTS = Defaults(
     epochs=12,
     quick_epochs=4,
     sparsity_epochs=12,
-    quick_sparsity_epochs=4,
+    quick_sparsity_epochs=5,
     finetune_epochs=6,
     quick_finetune_epochs=2,
     lr=0.001,
     optimizer="adam",
-    sparsity_lr=0.02,
+    sparsity_lr=0.01,
     penalty=0.001,
-    quick_penalty=0.03,
+    quick_penalty=0.02,
     finetune_lr=0.001,
 )
 
