@@ -76,3 +76,26 @@ def operations(model):
 def input_layers(model):
     """The InputLayer objects of a functional model, in ``model.inputs`` order."""
     return [t._keras_history.operation for t in model.inputs]
+
+
+def input_layer_names(model):
+    """Names of the InputLayers behind ``model.inputs``, in order."""
+    return [layer.name for layer in input_layers(model)]
+
+
+def first_call_input_channels(layer):
+    """Channel count of the first input of a layer's first call (shared layers
+    have several inputs, so ``layer.input`` is ambiguous for them)."""
+    return layer._inbound_nodes[0].input_tensors[0].shape[-1]
+
+
+def raw_op_modules():
+    """The modules that define raw ``keras.ops`` operation classes
+    (``(nn, numpy)``), or ``(None, None)`` if this Keras lays them out
+    differently."""
+    try:
+        from keras.src.ops import nn
+        from keras.src.ops import numpy as np_ops
+    except ImportError:  # pragma: no cover - other Keras layouts
+        return None, None
+    return nn, np_ops

@@ -25,6 +25,8 @@ from typing import Any
 import keras
 import numpy as np
 
+from acsl_tf import _keras
+
 __all__ = [
     "LayerHandler",
     "register_layer_handler",
@@ -79,9 +81,7 @@ def _functional_of(model):
 
 
 def _is_graph_model(op) -> bool:
-    return isinstance(op, keras.Model) and (
-        isinstance(op, keras.Sequential) or hasattr(op, "_run_through_graph")
-    )
+    return _keras.is_functional(op)
 
 
 def trace_model(model) -> Trace:
@@ -147,7 +147,7 @@ def trace_model(model) -> Trace:
         return [local[id(x)] for x in graph.outputs]
 
     output_keys = walk(fn, input_keys, {id(fn)})
-    input_names = [x._keras_history.operation.name for x in fn.inputs]
+    input_names = _keras.input_layer_names(fn)
     return Trace(model, calls, input_keys, output_keys, shapes, dtypes, input_names)
 
 
@@ -754,7 +754,7 @@ def _input_channels(layer):
     try:
         return layer.input.shape[-1]
     except (AttributeError, ValueError):  # shared layer: several inputs
-        return layer._inbound_nodes[0].input_tensors[0].shape[-1]
+        return _keras.first_call_input_channels(layer)
 
 
 class FlattenHandler(LayerHandler):
@@ -862,10 +862,8 @@ class _Reduction(PassThrough):
 
 
 # Raw keras.ops (they show up in model.operations, not model.layers).
-try:
-    from keras.src.ops import nn as _nn
-    from keras.src.ops import numpy as _np_ops
-
+_nn, _np_ops = _keras.raw_op_modules()
+if _nn is not None:
     for _n in (
         "Relu", "Relu6", "Sigmoid", "HardSigmoid", "HardSilu", "Silu", "Gelu", "Elu",
         "Selu", "Celu", "Softplus", "Softsign", "LeakyRelu", "LogSigmoid", "HardTanh",
@@ -898,8 +896,6 @@ try:
     for _n in ("Mean", "Max", "Min", "Sum"):
         if hasattr(_np_ops, _n):
             register_layer_handler(getattr(_np_ops, _n), _Reduction())
-except ImportError:  # pragma: no cover
-    pass
 
 
 # ---------------------------------------------------------------------------
