@@ -33,6 +33,14 @@ def check_writable(path, *, overwrite: bool = False) -> str:
     return path
 
 
+def _umask_mode() -> int:
+    """The mode ``open()`` would give a new file (0o666 minus the umask);
+    ``mkstemp`` creates 0o600 files, which other users could not read."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_bytes(path, data: bytes, *, overwrite: bool = False) -> str:
     """Write ``data`` to ``path`` through a temporary file in the same directory
     and an atomic rename, so readers never see a partial file and a failure
@@ -45,6 +53,7 @@ def atomic_write_bytes(path, data: bytes, *, overwrite: bool = False) -> str:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -69,6 +78,8 @@ def atomic_path(path, *, overwrite: bool = False, suffix: str = ""):
     os.unlink(tmp)
     try:
         yield tmp
+        if os.path.isfile(tmp):
+            os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

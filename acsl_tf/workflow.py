@@ -471,29 +471,9 @@ def predict(model: keras.Model, x: np.ndarray, batch_size: int = 64) -> np.ndarr
     return np.concatenate(outs, axis=0)
 
 
-def _batchnorms(model) -> list:
-    from acsl_tf.wrapper import PruneLowCorrelation
-
-    found, seen = [], set()
-
-    def visit(layer):
-        if id(layer) in seen:
-            return
-        seen.add(id(layer))
-        if isinstance(layer, PruneLowCorrelation):
-            visit(layer.layer)
-        elif isinstance(layer, keras.layers.BatchNormalization):
-            found.append(layer)
-        elif hasattr(layer, "layers"):
-            for sub in layer.layers:
-                visit(sub)
-
-    visit(model)
-    return found
-
-
 def recalibrate_bn(model: keras.Model, task: Task, batches: int = 20) -> keras.Model:
-    """Re-estimate the BatchNorm moving statistics on training batches.
+    """Re-estimate the BatchNorm moving statistics on training batches
+    (:func:`acsl_tf.recalibrate_batchnorm` on ``task.train_ds()``).
 
     After a short training run (or after channels were removed) the moving
     means/variances lag behind the weights: with Keras' default momentum 0.99
@@ -517,19 +497,11 @@ def recalibrate_bn(model: keras.Model, task: Task, batches: int = 20) -> keras.M
     recalibrate_bn(small, task)
     ```
     """
+    from acsl_tf.batchnorm import recalibrate_batchnorm
+
     batches = _check_epochs(batches)
-    bns = _batchnorms(model)
-    if not bns or not batches:
-        return model
-    saved = [bn.momentum for bn in bns]
-    try:
-        for i, (x, _) in enumerate(task.train_ds().take(batches)):
-            for bn in bns:
-                bn.momentum = i / (i + 1.0)
-            model(x, training=True)
-    finally:
-        for bn, m in zip(bns, saved):
-            bn.momentum = m
+    if batches:
+        recalibrate_batchnorm(model, task.train_ds(), steps=batches)
     return model
 
 
