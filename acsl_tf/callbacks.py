@@ -24,14 +24,34 @@ def _wrappers_or_raise(model, who):
 class BudgetStrength(keras.callbacks.Callback):
     """Budget-driven adaptive strength (method spec, section 2 step 6).
 
-    Once per epoch it measures which reduction the channels with
-    ``|gamma| < threshold`` would give if they were removed (with
-    :func:`acsl_tf.plan_shrink`, i.e. the same dependency analysis and FLOPs
-    accounting that :func:`acsl_tf.shrink` uses). While that reduction is
-    below the target it multiplies the global strength of every unit by
-    ``factor``; once the target is met it holds the strength, and if the
-    reduction overshoots the target by more than ``tolerance`` it divides it
-    by ``factor`` again. This replaces the hand-tuning of lambda.
+    It scales the strength of every unit with one shared multiplier so that,
+    by a chosen point of the training, the channels with ``|gamma| <
+    threshold`` meet the budget (a fraction of FLOPs or parameters to
+    remove). "Meets the budget" is measured with :func:`acsl_tf.plan_shrink`,
+    i.e. the same dependency analysis and FLOPs accounting that
+    :func:`acsl_tf.shrink` uses. This replaces the hand-tuning of lambda.
+
+    Two controllers are available:
+
+    - ``controller="rate"`` (default). Every ``update_every`` steps it
+      measures the *budget level*: the largest ``|gamma|`` among the channels
+      that the budget needs (``plan_shrink(target_flops=...)``; the level is
+      below ``threshold`` exactly when the budget is met). Under an L1
+      penalty that level falls at a rate roughly proportional to the
+      strength, so the controller compares the rate observed since the last
+      check with the rate needed to reach ``threshold`` by ``reach_at`` of
+      the training, and multiplies the strength by the ratio (clipped to
+      ``[1/factor, factor]``). The strength therefore rises only while the
+      gammas are too slow, and falls before they overshoot; once the budget
+      is met it is held, and eased if the reduction overshoots by more than
+      ``tolerance``.
+    - ``controller="epoch"``: the earlier per-epoch proportional rule. While
+      the reduction is below the target it multiplies the strength by up to
+      ``factor`` (the full factor when nothing is removable), holds it once
+      the target is met and divides it when the reduction overshoots. The
+      gammas respond with a lag, so on some models this rule keeps raising
+      the strength until far too many channels collapse at once
+      (docs/BENCHMARKS.md); it is kept for reproducing older results.
 
     The target comes from the argument or, if omitted, from
     ``prune_low_correlation(..., target=...)``.
@@ -40,12 +60,24 @@ class BudgetStrength(keras.callbacks.Callback):
         target_flops: fraction of FLOPs to remove, in (0, 1).
         target_params: fraction of parameters to remove, in (0, 1).
         threshold: |gamma| below which a channel counts as removable.
-        factor: multiplicative step of the strength (> 1).
+        factor: largest multiplicative step of the strength per check (> 1).
         tolerance: allowed overshoot before the strength is eased.
         max_scale: upper bound of the multiplier.
+        controller: ``"rate"`` or ``"epoch"`` (see above).
+        update_every: ``"rate"`` only: steps between checks, or ``"auto"``
+            (four checks per epoch when the number of steps per epoch is
+            known, else one per epoch). Each check runs two
+            :func:`plan_shrink` calls (milliseconds on small models, about a
+            second on a ResNet-50).
+        reach_at: ``"rate"`` only: fraction of the training (in steps) by
+            which the budget should be met, in (0, 1]. The rest of the
+            training adapts the remaining channels to the sparse ones.
         verbose: print one line per epoch.
 
-    Logs ``acsl_budget_scale`` and ``acsl_reduction`` into the epoch logs.
+    Logs ``acsl_budget_scale``, ``acsl_reduction`` and (``"rate"``)
+    ``acsl_budget_level`` into the epoch logs. ``history`` holds one dict per
+    check (``epoch``, ``step``, ``reduction``, ``scale`` and, for ``"rate"``,
+    ``level``).
     """
 
     def __init__(
@@ -57,6 +89,9 @@ class BudgetStrength(keras.callbacks.Callback):
         factor: float = 2.0,
         tolerance: float = 0.05,
         max_scale: float = 1e4,
+        controller: str = "rate",
+        update_every="auto",
+        reach_at: float = 0.6,
         verbose: int = 1,
     ):
         super().__init__()
@@ -74,12 +109,28 @@ class BudgetStrength(keras.callbacks.Callback):
             raise ValueError(f"`factor` must be > 1. Received: factor={factor}")
         if not tolerance >= 0:
             raise ValueError(f"`tolerance` must be >= 0. Received: tolerance={tolerance}")
+        if controller not in ("rate", "epoch"):
+            raise ValueError(
+                f'`controller` must be "rate" or "epoch". Received: controller={controller!r}'
+            )
+        if update_every != "auto" and not (
+            isinstance(update_every, int) and not isinstance(update_every, bool) and update_every > 0
+        ):
+            raise ValueError(
+                '`update_every` must be "auto" or a positive number of steps. '
+                f"Received: update_every={update_every!r}"
+            )
+        if not 0.0 < float(reach_at) <= 1.0:
+            raise ValueError(f"`reach_at` must be in (0, 1]. Received: reach_at={reach_at}")
         self.target_flops = target_flops
         self.target_params = target_params
         self.threshold = float(threshold)
         self.factor = float(factor)
         self.tolerance = float(tolerance)
         self.max_scale = float(max_scale)
+        self.controller = controller
+        self.update_every = update_every
+        self.reach_at = float(reach_at)
         self.verbose = verbose
         self.history = []
 
@@ -99,9 +150,32 @@ class BudgetStrength(keras.callbacks.Callback):
             "model with prune_low_correlation(..., target=...)."
         )
 
+    # ------------------------------------------------------------------ measuring
+
     def on_train_begin(self, logs=None):
         self._wrappers = _wrappers_or_raise(self.model, "BudgetStrength")
         self._kind, self._target = self._resolve_target(self._wrappers)
+        params = self.params or {}
+        steps = params.get("steps")
+        epochs = int(params.get("epochs") or 1)
+        self._steps_per_epoch = int(steps) if steps else None
+        if self.controller == "rate" and self._steps_per_epoch:
+            self._total_steps = epochs * self._steps_per_epoch
+            if self.update_every == "auto":
+                self._every = max(1, self._steps_per_epoch // 4)
+            else:
+                self._every = int(self.update_every)
+        else:  # unknown epoch length: one check per epoch
+            self._total_steps = None
+            self._every = None
+        self._step = 0
+        self._epoch = 0
+        self._last = None  # (step, level) of the previous check
+        self._last_reduction = 0.0
+        self._last_level = None
+        if self.controller == "rate":
+            # Also fails early, with a clear message, if the budget is impossible.
+            self._last = (0, self.level())
 
     def measure(self) -> float:
         """Reduction (fraction) the sub-threshold channels would give now."""
@@ -114,29 +188,133 @@ class BudgetStrength(keras.callbacks.Callback):
             before, after = plan.params_before, plan.params_after
         return 1.0 - after / before if before else 0.0
 
-    def on_epoch_end(self, epoch, logs=None):
-        reduction = self.measure()
-        scale = float(keras.ops.convert_to_numpy(self._wrappers[0].budget_scale))
-        target = self._target
-        # Proportional multiplicative control: a full `factor` step when far
-        # from the budget, smaller steps close to it (the gammas respond with
-        # a lag, so bang-bang steps overshoot).
-        if reduction < target:
-            scale *= self.factor ** min(1.0, (target - reduction) / target)
-        elif reduction > target + self.tolerance:
-            excess = (reduction - target - self.tolerance) / max(1.0 - target, 1e-6)
-            scale /= self.factor ** min(1.0, excess)
+    def level(self) -> float:
+        """The budget level: the largest ``|gamma|`` among the channels that
+        the budget needs (lowest ``|gamma|`` first, as ``shrink`` picks them).
+
+        Raises:
+            ValueError: if the budget cannot be met even by removing every
+                prunable channel.
+        """
+        from acsl_tf.shrink import plan_shrink
+
+        kw = {"target_flops" if self._kind == "flops" else "target_params": self._target}
+        try:
+            plan = plan_shrink(self.model, **kw)
+        except ValueError as e:
+            raise ValueError(
+                f"BudgetStrength: the budget ({self._kind} reduction {self._target}) cannot be "
+                f"met on this model: {e}"
+            ) from None
+        level = 0.0
+        for w in self._wrappers:
+            name = w.layer.name
+            if name not in plan.bn_keep:
+                continue
+            g = np.abs(keras.ops.convert_to_numpy(w.layer.gamma)).reshape(-1)
+            mask = np.ones(g.shape[0], bool)
+            mask[list(plan.bn_keep[name])] = False
+            if mask.any():
+                level = max(level, float(g[mask].max()))
+        return level
+
+    def _scale(self) -> float:
+        return float(keras.ops.convert_to_numpy(self._wrappers[0].budget_scale))
+
+    def _set_scale(self, scale: float) -> float:
         scale = float(min(max(scale, 1e-6), self.max_scale))
         for w in self._wrappers:
             w.budget_scale.assign(scale)
-        self.history.append({"epoch": epoch, "reduction": reduction, "scale": scale})
+        return scale
+
+    def _ease(self, scale: float, reduction: float) -> float:
+        excess = (reduction - self._target - self.tolerance) / max(1.0 - self._target, 1e-6)
+        return scale / self.factor ** min(1.0, excess)
+
+    # ------------------------------------------------------------------ control
+
+    def _rate_check(self, epoch: int) -> None:
+        step = self._step
+        reduction = self.measure()
+        level = self.level()
+        scale = self._scale()
+        target = self._target
+        if reduction > target + self.tolerance:
+            # Ease quickly: the kept channels' gammas are still falling.
+            excess = (reduction - target - self.tolerance) / max(self.tolerance, 0.01)
+            scale /= self.factor ** min(1.0, excess)
+        elif reduction >= target or level < self.threshold:
+            scale /= self.factor ** 0.5  # budget met: ease gently
+        elif self._last is not None and step > self._last[0]:
+            prev_step, prev_level = self._last
+            observed = (prev_level - level) / (step - prev_step)
+            if self._total_steps:
+                deadline = self.reach_at * self._total_steps
+                remaining = max(deadline - step, float(self._every or 1))
+            else:
+                remaining = float(step - prev_step)
+            needed = (level - self.threshold) / remaining
+            if observed <= 0.0:
+                ratio = self.factor
+            else:
+                ratio = needed / observed
+            scale *= min(max(ratio, 1.0 / self.factor), self.factor)
+        scale = self._set_scale(scale)
+        self._last = (step, level)
+        self._last_reduction, self._last_level = reduction, level
+        self.history.append(
+            {"epoch": epoch, "step": step, "reduction": reduction, "scale": scale, "level": level}
+        )
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._step += 1
+        if self.controller == "rate" and self._every and self._step % self._every == 0:
+            self._rate_check(self._epoch)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.controller == "rate":
+            if self._total_steps is None and epoch == 0 and self._step > 0:
+                # Epoch length unknown before: now it is.
+                self._steps_per_epoch = self._step
+                self._total_steps = int((self.params or {}).get("epochs") or 1) * self._step
+                if self.update_every == "auto":
+                    self._every = max(1, self._step // 4)
+                else:
+                    self._every = int(self.update_every)
+            if not self.history or self.history[-1]["step"] != self._step:
+                self._rate_check(epoch)
+            reduction, scale = self._last_reduction, self._scale()
+        else:
+            reduction = self.measure()
+            scale = self._scale()
+            target = self._target
+            # Proportional multiplicative control: a full `factor` step when
+            # far from the budget, smaller steps close to it.
+            if reduction < target:
+                scale *= self.factor ** min(1.0, (target - reduction) / target)
+            elif reduction > target + self.tolerance:
+                scale = self._ease(scale, reduction)
+            scale = self._set_scale(scale)
+            self.history.append(
+                {"epoch": epoch, "step": self._step, "reduction": reduction, "scale": scale}
+            )
         if logs is not None:
             logs["acsl_reduction"] = reduction
             logs["acsl_budget_scale"] = scale
+            if self.controller == "rate":
+                logs["acsl_budget_level"] = self._last_level
         if self.verbose:
+            extra = (
+                f", budget level {self._last_level:.3g} (threshold {self.threshold:g})"
+                if self.controller == "rate"
+                else ""
+            )
             print(
                 f"BudgetStrength: epoch {epoch + 1}: removable {self._kind} {reduction:.1%} "
-                f"(target {self._target:.1%}), strength multiplier -> {scale:g}"
+                f"(target {self._target:.1%}){extra}, strength multiplier -> {scale:g}"
             )
 
 

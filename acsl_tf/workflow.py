@@ -540,6 +540,7 @@ def sparsity_train(
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int = 2,
     recalibrate: int = 20,
+    budget_options: dict | None = None,
     **acsl_options,
 ) -> keras.Model:
     """Sparsity training on the BatchNorm gammas; returns the wrapped model.
@@ -564,6 +565,9 @@ def sparsity_train(
         callbacks: Extra Keras callbacks.
         verbose: Keras verbosity.
         recalibrate: Batches of :func:`recalibrate_bn` after training.
+        budget_options: Extra keyword arguments of
+            :class:`acsl_tf.BudgetStrength` (e.g. ``controller="epoch"``,
+            ``reach_at=0.5``).
         **acsl_options: Passed to :func:`acsl_tf.prune_low_correlation`
             (e.g. ``affinity``, ``direction``, ``temperature``).
 
@@ -600,7 +604,9 @@ def sparsity_train(
     wrapped = prune_low_correlation(model, penalty=penalty, **opts)
     cbs = list(callbacks)
     if target_flops is not None:
-        cbs.append(BudgetStrength(threshold=threshold, verbose=1 if verbose else 0))
+        bopts = dict(budget_options or {})
+        bopts.setdefault("verbose", 1 if verbose else 0)
+        cbs.append(BudgetStrength(threshold=threshold, **bopts))
     train(
         wrapped,
         task,

@@ -545,8 +545,10 @@ def run_task_seed(
             return written
         spec = METHODS[m]
         source, sparse_metric, sp_seconds = base, None, 0.0
+        budget_options = dict(mcfg.get("budget_options") or {})
         if spec["sparsity"] is not None:
-            sp_path = os.path.join(work, f"{m}_sparse.keras")
+            ctl = budget_options.get("controller", "rate")
+            sp_path = os.path.join(work, f"{m}_sparse_{ctl}.keras")
             source = _load_model(sp_path)
             t0 = time.time()
             if source is None:
@@ -564,6 +566,7 @@ def run_task_seed(
                     penalty=cfg["penalty"],
                     lr=cfg["sparsity_lr"],
                     verbose=0,
+                    budget_options=budget_options,
                     **spec["options"],
                 )
                 _save_model(source, sp_path)
@@ -603,6 +606,7 @@ def run_task_seed(
                 sparsity=spec["sparsity"],
                 options=spec["options"],
                 sparsity_target=(sparsity_target if spec["sparsity"] else None),
+                budget_options=(budget_options if spec["sparsity"] else None),
                 baseline_metric=base_metric,
                 metric_sparse=sparse_metric,
                 metric_pruned=pruned_metric,

@@ -50,7 +50,7 @@ def test_schedule_drives_penalty_in_graph():
     np.testing.assert_allclose(wr.channel_penalties(), 0.5e-2, rtol=1e-6)
 
 
-def _train_budget(target, epochs, factor=4.0):
+def _train_budget(target, epochs, factor=4.0, **budget_options):
     w = acsl_tf.prune_low_correlation(
         small_cnn(filters=(8, 12)), penalty=2e-3, target={"flops": target}, update_every=1
     )
@@ -62,7 +62,8 @@ def _train_budget(target, epochs, factor=4.0):
     w.compile(
         keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     )
-    cb = acsl_tf.BudgetStrength(threshold=5e-2, factor=factor, verbose=0)
+    budget_options.setdefault("controller", "epoch")
+    cb = acsl_tf.BudgetStrength(threshold=5e-2, factor=factor, verbose=0, **budget_options)
     hist = w.fit(x, y, epochs=epochs, batch_size=16, verbose=0, callbacks=[cb])
     return w, cb, hist
 
