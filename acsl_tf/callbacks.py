@@ -240,11 +240,11 @@ class BudgetStrength(keras.callbacks.Callback):
         scale = self._scale()
         target = self._target
         if reduction > target + self.tolerance:
-            # Ease quickly: the kept channels' gammas are still falling.
-            excess = (reduction - target - self.tolerance) / max(self.tolerance, 0.01)
-            scale /= self.factor ** min(1.0, excess)
+            # Overshoot: ease, unless the reduction is already coming back.
+            if reduction >= self._last_reduction:
+                scale = self._ease(scale, reduction)
         elif reduction >= target or level < self.threshold:
-            scale /= self.factor ** 0.5  # budget met: ease gently
+            pass  # budget met: hold
         elif self._last is not None and step > self._last[0]:
             prev_step, prev_level = self._last
             observed = (prev_level - level) / (step - prev_step)
