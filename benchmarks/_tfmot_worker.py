@@ -11,11 +11,25 @@ data, strips the wrappers, and writes float32 TFLite files:
 - ``<out minus .tflite>_sparse.tflite``: the same with
   ``tf.lite.Optimize.EXPERIMENTAL_SPARSITY`` (sparse weight encoding).
 
+- ``<out minus .tflite>_dense_ref.tflite`` (with ``--task``): the same
+  architecture unpruned, converted the same way (the reference).
+
+With ``--task NAME`` the architecture is the one the compression benchmark
+trains for that task (``acsl_tf.workflow.make_task(NAME, size=...,
+**overrides).build_model()``), built with ``tf_keras`` instead of Keras 3:
+the builders of ``acsl_tf.models`` only use ``keras.Input``,
+``keras.Model`` and ``keras.layers``, which ``tf_keras`` has with the same
+signatures, so the worker points those modules' ``keras`` name at
+``tf_keras`` before building. The random training steps then use an MSE loss
+against zeros of the output's shape (only size and latency are measured).
+
 A JSON line with the measured kernel sparsity is printed last on stdout.
 
 Usage:
     TF_USE_LEGACY_KERAS=1 python benchmarks/_tfmot_worker.py --arch vgg --size 64 \
         --sparsity 0.8 --out /tmp/vgg_tfmot.tflite
+    TF_USE_LEGACY_KERAS=1 python benchmarks/_tfmot_worker.py --task counting \
+        --task-size quick --sparsity 0.9 --out /tmp/counting_tfmot.tflite
 """
 
 from __future__ import annotations
@@ -79,14 +93,50 @@ def build_resnet(k, size=64, widths=(24, 48, 96)):
 BUILDERS = {"vgg": build_vgg, "resnet": build_resnet}
 
 
+def build_task_model(k, task: str, size: str = "quick", overrides: dict | None = None):
+    """The benchmark's model of ``task`` built with the Keras module ``k``.
+
+    Returns ``(model, input_shape)``.
+    """
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import acsl_tf.models._blocks as blocks
+    import acsl_tf.models.classification as classification
+    import acsl_tf.models.counting as counting
+    import acsl_tf.models.segmentation as segmentation
+    from acsl_tf import workflow as wf
+
+    t = wf.make_task(task, size=size, seed=0, **(overrides or {}))
+    saved = {m: m.keras for m in (blocks, classification, counting, segmentation)}
+    try:
+        for m in saved:
+            m.keras = k
+        model = t.build_model()
+    finally:
+        for m, orig in saved.items():
+            m.keras = orig
+    return model, tuple(int(v) for v in t.input_shape)
+
+
+def _write(path, data):
+    tmp = path + ".part"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", choices=sorted(BUILDERS), required=True)
+    parser.add_argument("--arch", choices=sorted(BUILDERS))
+    parser.add_argument("--task", choices=("classification", "segmentation", "counting"))
+    parser.add_argument("--task-size", default="quick")
+    parser.add_argument("--task-overrides", default="{}", help="JSON of make_task overrides")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--sparsity", type=float, default=0.8)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
+    if (args.arch is None) == (args.task is None):
+        parser.error("give exactly one of --arch and --task")
 
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -96,19 +146,30 @@ def main(argv=None):
     import tf_keras
 
     tf_keras.utils.set_random_seed(0)
-    model = (
-        build_vgg(tf_keras, args.size) if args.arch == "vgg" else build_resnet(tf_keras, args.size)
-    )
-    schedule = tfmot.sparsity.keras.ConstantSparsity(args.sparsity, begin_step=0, frequency=1)
-    pruned = tfmot.sparsity.keras.prune_low_magnitude(model, pruning_schedule=schedule)
-    pruned.compile(
-        optimizer=tf_keras.optimizers.Adam(1e-3),
-        loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    )
     rng = np.random.default_rng(0)
     batch = 16
-    x = rng.random((args.steps * batch, args.size, args.size, 3), dtype=np.float32)
-    y = rng.integers(0, CLASSES, len(x))
+    if args.task:
+        model, shape = build_task_model(
+            tf_keras, args.task, args.task_size, json.loads(args.task_overrides)
+        )
+        ref_path = args.out[: -len(".tflite")] + "_dense_ref.tflite"
+        _write(ref_path, tf.lite.TFLiteConverter.from_keras_model(model).convert())
+        loss = "mse"
+        x = rng.random((args.steps * batch,) + shape, dtype=np.float32)
+        y = np.zeros((len(x),) + tuple(int(v) for v in model.output_shape[1:]), np.float32)
+    else:
+        model = (
+            build_vgg(tf_keras, args.size)
+            if args.arch == "vgg"
+            else build_resnet(tf_keras, args.size)
+        )
+        ref_path = None
+        loss = tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        x = rng.random((args.steps * batch, args.size, args.size, 3), dtype=np.float32)
+        y = rng.integers(0, CLASSES, len(x))
+    schedule = tfmot.sparsity.keras.ConstantSparsity(args.sparsity, begin_step=0, frequency=1)
+    pruned = tfmot.sparsity.keras.prune_low_magnitude(model, pruning_schedule=schedule)
+    pruned.compile(optimizer=tf_keras.optimizers.Adam(1e-3), loss=loss)
     pruned.fit(
         x,
         y,
@@ -135,12 +196,10 @@ def main(argv=None):
 
     sparse_path = args.out[: -len(".tflite")] + "_sparse.tflite"
     for path, data in ((args.out, dense_bytes), (sparse_path, sparse_bytes)):
-        tmp = path + ".part"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        _write(path, data)
     record = {
-        "arch": args.arch,
+        "arch": args.arch or f"task:{args.task}",
+        "ref_path": ref_path,
         "target_sparsity": args.sparsity,
         "kernel_sparsity": zeros / total,
         "params": int(stripped.count_params()),

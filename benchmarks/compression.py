@@ -18,10 +18,9 @@ pruned model is exported to float32 and int8 TFLite and its single-sample
 latency measured. At the most aggressive target the ``distill_methods`` are
 also fine-tuned with distillation from the baseline (``finetune="distill"``).
 ``tfmot`` runs tensorflow-model-optimization ``prune_low_magnitude`` at the
-params reduction that ACSL reached at the export target, through
-benchmarks/_tfmot_worker.py (its own VGG with 3-channel input of the
-classification task's size; size and latency only, against the same
-architecture unpruned).
+params reduction that ACSL reached at the export target, on the task's own
+architecture rebuilt in tf_keras by benchmarks/_tfmot_worker.py (size and
+latency only, against the same architecture unpruned).
 
 Each run writes one JSON record under ``<out>/runs/<mode>/...`` (atomically);
 a run whose record exists is skipped, so an interrupted benchmark continues
@@ -286,22 +285,38 @@ def summary_markdown(records: Sequence[dict], *, title: str = "Compression bench
             out.append("")
     tf_rows = tfmot_rows(records)
     if tf_rows:
+        acsl = {
+            (r["task"], r["seed"]): r
+            for r in records
+            if r["method"] == "acsl"
+            and r.get("finetune", "plain") == "plain"
+            and r.get("tflite_bytes")
+            and r.get("target") is not None
+        }
         out += [
             "## tfmot prune_low_magnitude (unstructured) at matched sparsity",
             "",
-            "benchmarks/_tfmot_worker.py's VGG (3-channel input), float32 TFLite, against "
-            "the same architecture unpruned; size and latency only.",
+            "tensorflow-model-optimization on each task's own architecture (rebuilt in "
+            "tf_keras by benchmarks/_tfmot_worker.py), kernel sparsity = the params "
+            "reduction ACSL reached in the same seed; float32 TFLite, plain and with "
+            "sparse weight encoding (`EXPERIMENTAL_SPARSITY`), against the same "
+            "architecture unpruned converted the same way. The ACSL columns are that "
+            "seed's ACSL model (float32). Size and latency only; single-sample invoke, "
+            "1 thread, median.",
             "",
             "| task | seed | kernel sparsity | unpruned KiB | tfmot KiB | tfmot sparse-encoded "
-            "KiB | unpruned ms | tfmot ms | tfmot sparse ms |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+            "KiB | ACSL KiB | unpruned ms | tfmot ms | tfmot sparse ms | ACSL ms |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in tf_rows:
+            a = acsl.get((r["task"], r["seed"]))
+            a_kib = f"{a['tflite_bytes'] / 1024:.0f}" if a else ""
+            a_ms = f"{a['latency_ms_float32']:.3f}" if a else ""
             out.append(
                 f"| {r['task']} | {r['seed']} | {100 * r['kernel_sparsity']:.1f}% | "
                 f"{r['unpruned_bytes'] / 1024:.0f} | {r['tflite_bytes'] / 1024:.0f} | "
-                f"{r['sparse_bytes'] / 1024:.0f} | {r['unpruned_latency_ms']:.3f} | "
-                f"{r['latency_ms_float32']:.3f} | {r['sparse_latency_ms']:.3f} |"
+                f"{r['sparse_bytes'] / 1024:.0f} | {a_kib} | {r['unpruned_latency_ms']:.3f} | "
+                f"{r['latency_ms_float32']:.3f} | {r['sparse_latency_ms']:.3f} | {a_ms} |"
             )
         out.append("")
     return "\n".join(out)
@@ -626,44 +641,37 @@ def run_task_seed(
 
 
 def run_tfmot(task_name: str, seed: int, *, mode: str, out_dir: str, work_dir: str) -> bool:
-    """The tfmot row: prune_low_magnitude at the params reduction ACSL reached
-    at the export target (the target itself if that record is missing)."""
-    import keras
-
-    from acsl_tf import _io  # noqa: F401
-    from acsl_tf import workflow as wf
-    from acsl_tf.export import benchmark_tflite, to_tflite
-
-    path = record_path(out_dir, mode, task_name, seed, "tfmot", MODES[mode]["export_target"])
-    if os.path.exists(path):
-        return False
-    from _tfmot_worker import BUILDERS
+    """The tfmot row of one task and seed: ``prune_low_magnitude`` on the
+    task's own architecture (rebuilt in tf_keras by benchmarks/_tfmot_worker.py)
+    at the params reduction ACSL reached at the export target (the target
+    itself if that record is missing); size and latency against the same
+    architecture unpruned, converted the same way."""
+    from acsl_tf.export import benchmark_tflite
 
     mcfg = MODES[mode]
     t = mcfg["export_target"]
+    path = record_path(out_dir, mode, task_name, seed, "tfmot", t)
+    if os.path.exists(path):
+        return False
     acsl_path = record_path(out_dir, mode, task_name, seed, "acsl", t, "plain")
     sparsity = t
     if os.path.exists(acsl_path):
         with open(acsl_path) as f:
             sparsity = round(json.load(f)["params_reduction"], 3)
     cfg = mcfg["tasks"][task_name]
-    task = wf.make_task(task_name, size=cfg["size"], seed=seed, **cfg["overrides"])
-    size = int(task.input_shape[0])
     work = os.path.join(work_dir, mode, task_name, f"seed{seed}")
     os.makedirs(work, exist_ok=True)
-    keras.utils.set_random_seed(seed)
-    ref = BUILDERS["vgg"](keras, size)
-    ref_path = os.path.join(work, "tfmot_ref_float32.tflite")
-    to_tflite(ref, ref_path, quantization="none", overwrite=True)
     out = os.path.join(work, "tfmot.tflite")
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1")
     cmd = [
         sys.executable,
         os.path.join(HERE, "_tfmot_worker.py"),
-        "--arch",
-        "vgg",
-        "--size",
-        str(size),
+        "--task",
+        task_name,
+        "--task-size",
+        cfg["size"],
+        "--task-overrides",
+        json.dumps(cfg["overrides"]),
         "--sparsity",
         str(sparsity),
         "--out",
@@ -675,6 +683,7 @@ def run_tfmot(task_name: str, seed: int, *, mode: str, out_dir: str, work_dir: s
         return False
     w = json.loads(proc.stdout.strip().splitlines()[-1])
     runs = mcfg["export_runs"]
+    ref_path = w["ref_path"]
     rec = dict(
         mode=mode,
         task=task_name,
@@ -682,10 +691,9 @@ def run_tfmot(task_name: str, seed: int, *, mode: str, out_dir: str, work_dir: s
         method="tfmot",
         target=t,
         finetune="plain",
-        metric_name=task.metric_name,
+        metric_name=None,
         metric=None,
-        arch="tfmot_worker vgg",
-        input_size=size,
+        arch=w["arch"],
         target_sparsity=sparsity,
         kernel_sparsity=w["kernel_sparsity"],
         params=w["params"],
@@ -766,7 +774,7 @@ def main(argv=None) -> int:
                     distill=mcfg["distill"] and not args.no_distill,
                     export=not args.no_export,
                 )
-                if "tfmot" in methods and mcfg["tfmot"] and name == "classification":
+                if "tfmot" in methods and mcfg["tfmot"]:
                     run_tfmot(
                         name, seed, mode=args.mode, out_dir=args.out_dir, work_dir=args.work_dir
                     )

@@ -65,7 +65,8 @@ def _synthetic():
                 latency_ms_int8=0.5,
             )
         )
-        recs.append(_rec("classification", "acsl", s, a, 0.5, params=400, flops=5000))
+        exp = dict(tflite_bytes=3072, latency_ms_float32=0.25) if s == 0 else {}
+        recs.append(_rec("classification", "acsl", s, a, 0.5, params=400, flops=5000, **exp))
         recs.append(_rec("classification", "ns", s, n, 0.5, params=500, flops=5000))
     recs.append(
         _rec("classification", "acsl", 0, 0.88, 0.5, finetune="distill", params=400, flops=5000)
@@ -136,7 +137,8 @@ def test_summary_markdown_table():
     drow = next(line for line in lines if "| 88.0 |" in line)
     assert drow == "| 50% | acsl | 86.0 ± 1.0 | 88.0 | 0,1,2 / 0 |"
     assert "## tfmot prune_low_magnitude" in md
-    assert "| classification | 0 | 60.0% | 2 | 2 | 1 |" in md
+    # tfmot next to the same seed's ACSL model
+    assert "| classification | 0 | 60.0% | 2 | 2 | 1 | 3 | 1.000 | 1.100 | 1.200 | 0.250 |" in md
     assert cb.summary_markdown([], title="E").splitlines()[-1] == "No records."
 
 
@@ -162,6 +164,28 @@ def test_records_round_trip_and_paths(tmp_path):
         json.dumps(r, sort_keys=True) for r in recs
     )
     assert cb.load_records(out, "smoke") == []
+
+
+def test_tfmot_worker_builds_the_task_architectures():
+    import keras
+
+    import _tfmot_worker as worker
+    from acsl_tf import workflow as wf
+
+    for task in ("classification", "segmentation", "counting"):
+        ref = wf.make_task(task, size="tiny").build_model()
+        model, shape = worker.build_task_model(keras, task, "tiny")
+        assert shape == tuple(ref.input_shape[1:])
+        assert model.count_params() == ref.count_params()
+        assert [type(x).__name__ for x in model.layers] == [type(x).__name__ for x in ref.layers]
+    tf_keras = pytest.importorskip("tf_keras")  # the `bench` extra
+    model, _ = worker.build_task_model(tf_keras, "counting", "tiny")
+    assert isinstance(model, tf_keras.Model)
+    assert model.count_params() == wf.make_task("counting", size="tiny").build_model().count_params()
+    # the Keras 3 modules are restored afterwards
+    import acsl_tf.models._blocks as blocks
+
+    assert blocks.keras is keras
 
 
 def test_configs_are_consistent():
