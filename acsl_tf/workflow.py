@@ -557,7 +557,7 @@ def sparsity_train(
             (uniform L1 with the context guiding vector tracked for the
             ``"cap"`` criterion).
         target_flops: Fraction of FLOPs to remove. With it the strength is
-            adapted once per epoch by :class:`acsl_tf.BudgetStrength` until
+            adapted by :class:`acsl_tf.BudgetStrength` until
             the channels with ``|gamma| < threshold`` would remove that much.
         penalty: Base L1 strength lambda.
         lr: SGD learning rate.

@@ -1,8 +1,8 @@
 """Classification example: prune a small VGG on Fashion-MNIST end to end.
 
 1. train the baseline (vgg_small, SGD);
-2. ACSL sparsity training with a FLOPs budget (BudgetStrength raises the
-   penalty strength each epoch until enough BatchNorm gammas are ~0);
+2. ACSL sparsity training with a FLOPs budget (BudgetStrength adapts the
+   penalty strength until enough BatchNorm gammas are ~0);
 3. shrink: physically remove the channels to meet the budget;
 4. fine-tune the shrunk model (optionally distilled from the baseline);
 5. export float32 and int8 TFLite files and measure their latency;

@@ -2,7 +2,7 @@
 
 1. wrap a VGG-style CNN with ``acsl_tf.prune_low_correlation``;
 2. train it with ``model.fit`` under a FLOPs budget (``BudgetStrength`` adapts
-   the penalty strength once per epoch until enough channels are sparse);
+   the penalty strength until enough channels are sparse);
 3. report the sparsity reached per layer;
 4. shrink the model physically with ``acsl_tf.shrink``, fine-tune briefly, and
    compare accuracy, parameters and FLOPs.

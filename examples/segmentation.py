@@ -6,8 +6,8 @@ Metric: mean IoU on the validation scenes (built from the Fashion-MNIST test ima
 
 1. train the baseline (Adam);
 2. ACSL sparsity training with a FLOPs budget (SGD with momentum;
-   BudgetStrength raises the penalty strength each epoch until enough
-   BatchNorm gammas are ~0);
+   BudgetStrength adapts the penalty strength until enough BatchNorm
+   gammas are ~0);
 3. shrink: physically remove the channels to meet the budget;
 4. fine-tune the shrunk model (optionally distilled from the baseline, --distill);
 5. export float32 and int8 TFLite files and measure their latency;
