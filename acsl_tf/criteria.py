@@ -9,6 +9,10 @@ more important. Built-ins:
 - ``"l1"``: L1 norm of each output filter of the layer producing the BN's
   input (Li et al. 2017); falls back to ``|gamma|`` when the BN input has no
   single Conv/Dense producer (e.g. after a concatenation).
+- ``"l1_layer"``: the ``"l1"`` norms divided by their mean over the unit, so
+  a global ranking removes a similar fraction from every layer (Li et al.
+  prune each layer separately; raw norms ranked globally strip the layers
+  whose filters have small norms, often the early ones).
 - ``"random"``: uniform random scores from ``unit.rng`` (seeded by
   ``plan_shrink(seed=...)``) — a sanity floor.
 
@@ -78,11 +82,17 @@ def _l1(unit: UnitContext) -> np.ndarray:
     return s
 
 
+def _l1_layer(unit: UnitContext) -> np.ndarray:
+    s = _l1(unit)
+    m = float(s.mean()) if s.size else 0.0
+    return s / m if m > 0 else np.ones_like(s)
+
+
 def _random(unit: UnitContext) -> np.ndarray:
     return unit.rng.random(unit.gamma.shape[0])
 
 
-_CRITERIA: dict = {"gamma": _gamma, "l1": _l1, "random": _random}
+_CRITERIA: dict = {"gamma": _gamma, "l1": _l1, "l1_layer": _l1_layer, "random": _random}
 
 
 def register_criterion(name: str, fn: Callable) -> None:

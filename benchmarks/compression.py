@@ -10,7 +10,8 @@ benchmarks/compression_configs.py):
   the baseline under the budget-driven strength (aimed at the mode's most
   aggressive FLOPs target), then ``shrink`` with the ``gamma`` (``cap``:
   ``cap``) criterion to each target;
-- ``l1`` and ``random``: the baseline pruned directly with that criterion;
+- ``l1``, ``l1_layer`` (L1 norms normalised per layer) and ``random``: the
+  baseline pruned directly with that criterion;
 
 then every pruned model is fine-tuned (same epochs for all) and evaluated. At
 the mode's ``export_target`` (one target per method, to save time) the

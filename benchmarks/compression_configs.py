@@ -36,13 +36,16 @@ METHODS: dict[str, dict] = {
     "ns": dict(sparsity="ns", criterion="gamma", options={}),
     "cap": dict(sparsity="cap", criterion="cap", options={}),
     "l1": dict(sparsity=None, criterion="l1", options={}),
+    # L1 norms normalised per layer: removes a similar fraction of every layer
+    # (closer to Li et al.'s per-layer pruning than raw norms ranked globally).
+    "l1_layer": dict(sparsity=None, criterion="l1_layer", options={}),
     "random": dict(sparsity=None, criterion="random", options={}),
 }
 
 #: Methods that are not a pruning method: the unpruned model and tfmot.
 SPECIAL = ("baseline", "tfmot")
 
-MAIN_METHODS = ("acsl", "ns", "cap", "l1", "random")
+MAIN_METHODS = ("acsl", "ns", "cap", "l1", "l1_layer", "random")
 VARIANTS = ("acsl_informative", "acsl_attention", "acsl_t2")
 
 #: Per-mode settings. ``tasks[name]`` holds the make_task size/overrides and

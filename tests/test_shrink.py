@@ -304,3 +304,26 @@ def test_ties_spread_evenly_across_groups():
     plan = plan_shrink(m, ratio=0.5)
     assert len(plan.bn_keep["a"]) == 4 and len(plan.bn_keep["b"]) == 8
     assert shrink(m, plan=plan).count_params() == plan.params_after
+
+
+def test_l1_layer_criterion_spreads_removal_over_layers():
+    inp = keras.Input((6, 6, 2))
+    x = keras.layers.Conv2D(4, 3, padding="same", name="c1")(inp)
+    x = keras.layers.BatchNormalization(name="b1")(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.Conv2D(4, 3, padding="same", name="c2")(x)
+    x = keras.layers.BatchNormalization(name="b2")(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    m = keras.Model(inp, keras.layers.Dense(3)(x))
+    for name, scale in (("c1", 1.0), ("c2", 10.0)):
+        k = np.ones(m.get_layer(name).kernel.shape, "float32")
+        k *= scale * np.arange(1, 5, dtype="float32") / k[..., 0].size
+        m.get_layer(name).set_weights([k, np.zeros(4, "float32")])
+    # raw norms (1..4 vs 10..40): the first layer is stripped to min_channels
+    raw = plan_shrink(m, ratio=0.5, criterion="l1").bn_keep
+    assert raw["b1"] == (3,) and raw["b2"] == (1, 2, 3)
+    # per-layer normalised: the same fraction from each layer
+    per = plan_shrink(m, ratio=0.5, criterion="l1_layer").bn_keep
+    assert per["b1"] == (2, 3) and per["b2"] == (2, 3)
+    assert "l1_layer" in list_criteria()
