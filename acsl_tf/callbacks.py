@@ -248,17 +248,23 @@ class BudgetStrength(keras.callbacks.Callback):
         elif self._last is not None and step > self._last[0]:
             prev_step, prev_level = self._last
             observed = (prev_level - level) / (step - prev_step)
+            every = float(self._every or (step - prev_step))
             if self._total_steps:
                 deadline = self.reach_at * self._total_steps
-                remaining = max(deadline - step, float(self._every or 1))
+                # Past the deadline, aim at the end of the training instead.
+                end = deadline if step < deadline else self._total_steps
+                remaining = max(end - step, every)
             else:
-                remaining = float(step - prev_step)
+                remaining = every
             needed = (level - self.threshold) / remaining
-            if observed <= 0.0:
-                ratio = self.factor
-            else:
-                ratio = needed / observed
-            scale *= min(max(ratio, 1.0 / self.factor), self.factor)
+            ratio = self.factor if observed <= 0.0 else needed / observed
+            # Near the threshold, small steps only: the level is noisy there
+            # (the channels the budget needs change), and a strength pumped
+            # up on noise collapses the network once the gammas follow.
+            up = self.factor ** min(1.0, (level - self.threshold) / self.threshold)
+            # Ease by at most sqrt(factor): cutting hard on a fast fall lets
+            # the loss push the gammas back up, and the level oscillates.
+            scale *= min(max(ratio, self.factor**-0.5), up)
         scale = self._set_scale(scale)
         self._last = (step, level)
         self._last_reduction, self._last_level = reduction, level

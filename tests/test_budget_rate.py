@@ -91,14 +91,14 @@ class _Scripted(acsl_tf.BudgetStrength):
         return self.script.pop(0)[1]
 
 
-def _drive(script, total_steps=100, every=10, start_level=1.0):
+def _drive(script, total_steps=100, every=10, start_level=1.0, start_step=0):
     w = _wrapped()
     cb = _Scripted(script)
     cb.set_model(w)
     cb._wrappers = acsl_tf.get_wrappers(w)
     cb._kind, cb._target = "flops", 0.5
-    cb._total_steps, cb._every, cb._step, cb._epoch = total_steps, every, 0, 0
-    cb._last, cb._last_reduction = (0, start_level), 0.0
+    cb._total_steps, cb._every, cb._step, cb._epoch = total_steps, every, start_step, 0
+    cb._last, cb._last_reduction = (start_step, start_level), 0.0
     scales = []
     for _ in range(len(script)):
         cb._step += every
@@ -114,8 +114,15 @@ def test_rate_rule_step_by_step():
     assert s[0] == pytest.approx(0.85 / 50 / 0.01)
     # Level not falling: full factor.
     assert _drive([(0.0, 1.0)])[0] == pytest.approx(2.0)
-    # Falling much faster than needed: eased by at most the factor.
-    assert _drive([(0.0, 0.1)])[0] == pytest.approx(0.5)
+    # Falling much faster than needed: eased by at most sqrt(factor).
+    assert _drive([(0.0, 0.1)])[0] == pytest.approx(2.0**-0.5)
+    # Near the threshold only small raises: level 0.06 (gap 0.2 thresholds),
+    # not falling -> 2 ** 0.2 instead of the full factor.
+    assert _drive([(0.0, 0.06)], start_level=0.05)[0] == pytest.approx(2.0**0.2)
+    # Past the deadline (60 of 100 steps) the needed rate is spread over the
+    # rest of the training: at step 70, level 0.6 -> 0.5 (0.01/step observed),
+    # needed (0.5 - 0.05) / 30 = 0.015/step -> x1.5.
+    assert _drive([(0.0, 0.5)], start_level=0.6, start_step=60)[0] == pytest.approx(1.5)
     # Budget met, within tolerance: held.
     assert _drive([(0.52, 0.04)])[0] == pytest.approx(1.0)
     # Overshoot beyond the band: eased in proportion to the excess
