@@ -40,11 +40,14 @@ class BudgetStrength(keras.callbacks.Callback):
       penalty that level falls at a rate roughly proportional to the
       strength, so the controller compares the rate observed since the last
       check with the rate needed to reach ``threshold`` by ``reach_at`` of
-      the training, and multiplies the strength by the ratio (clipped to
-      ``[1/factor, factor]``). The strength therefore rises only while the
-      gammas are too slow, and falls before they overshoot; once the budget
-      is met it is held, and eased if the reduction overshoots by more than
-      ``tolerance``.
+      the training (past that point: by the end of the training), and
+      multiplies the strength by the ratio. A raise is bounded by
+      ``factor ** min(1, (level - threshold) / threshold)`` (small steps
+      near the threshold, where the level is noisy) and a cut by
+      ``sqrt(factor)``. The strength therefore rises only while the gammas
+      are too slow, and falls before they overshoot; once the budget is met
+      it is held, and eased if the reduction overshoots by more than
+      ``tolerance`` (not while the overshoot is already shrinking).
     - ``controller="epoch"``: the earlier per-epoch proportional rule. While
       the reduction is below the target it multiplies the strength by up to
       ``factor`` (the full factor when nothing is removable), holds it once
