@@ -198,6 +198,87 @@ def _unit(metric_name: str) -> str:
     )
 
 
+def headline_markdown(records: Sequence[dict], methods: Sequence[str] | None = None) -> str:
+    """The compact comparison: one row per task and target, one column per
+    method (plain fine-tuning; mean ± sample std over seeds; the number of
+    seeds in the last column), the unpruned baseline first.
+
+    Args:
+        records: Run records.
+        methods: Columns (default: the main methods present, in
+            ``compression_configs.MAIN_METHODS`` order).
+
+    Returns:
+        Markdown text (a table), or "" when there are no records.
+    """
+    from compression_configs import MAIN_METHODS
+
+    rows = [r for r in aggregate(records) if r["finetune"] == "plain"]
+    if not rows:
+        return ""
+    present = {r["method"] for r in rows}
+    cols = [m for m in (methods or MAIN_METHODS) if m in present]
+    head = "| task (metric) | target FLOPs red. | unpruned | " + " | ".join(cols) + " | seeds |"
+    out = [head, "|---|---:|---:|" + "---:|" * len(cols) + "---|"]
+    for task in dict.fromkeys(r["task"] for r in rows):
+        trows = [r for r in rows if r["task"] == task]
+        base = next((r for r in trows if r["method"] == "baseline"), None)
+        name = trows[0]["metric_name"]
+        label = f"{task} ({'MAE, lower is better' if name == 'mae' else name + ' %'})"
+        for t in sorted({r["target"] for r in trows if r["target"] is not None}):
+            cells, seeds = [], set()
+            for m in cols:
+                r = next((x for x in trows if x["method"] == m and x["target"] == t), None)
+                cells.append(_fmt_metric(r) if r else "")
+                if r:
+                    seeds.add(r["n"])
+            n = "/".join(str(v) for v in sorted(seeds))
+            out.append(
+                f"| {label} | {100 * t:.0f}% | {_fmt_metric(base) if base else ''} | "
+                + " | ".join(cells)
+                + f" | {n} |"
+            )
+    return "\n".join(out) + "\n"
+
+
+def paired_markdown(records: Sequence[dict], a: str = "acsl", b: str = "ns") -> str:
+    """Method ``a`` against method ``b`` seed by seed (same baseline weights,
+    same data): per task and target, the per-seed differences of the metric
+    (``a`` better is positive, for MAE too), their mean, and in how many
+    seeds ``a`` was better.
+
+    Returns:
+        Markdown text (a table), or "" when no seed has both methods.
+    """
+    by: dict = {}
+    for r in records:
+        if r["method"] in (a, b) and r.get("finetune", "plain") == "plain" and r.get("target"):
+            by.setdefault((r["task"], r["target"], r["seed"]), {})[r["method"]] = r
+    groups: dict = defaultdict(list)
+    for (task, t, seed), d in sorted(by.items()):
+        if a in d and b in d:
+            sign = 1.0 if d[a].get("higher_is_better", True) else -1.0
+            scale = 1.0 if d[a]["metric_name"] == "mae" else 100.0
+            groups[task, t].append((seed, sign * scale * (d[a]["metric"] - d[b]["metric"])))
+    if not groups:
+        return ""
+    out = [
+        f"| task | target FLOPs red. | {a} - {b} per seed (positive: {a} better) | mean | "
+        f"{a} better in |",
+        "|---|---:|---|---:|---:|",
+    ]
+    order = {"classification": 0, "segmentation": 1, "counting": 2}
+    for (task, t), diffs in sorted(groups.items(), key=lambda kv: (order.get(kv[0][0], 9), kv[0][1])):
+        fmt = "{:+.2f}" if task == "counting" else "{:+.1f}"
+        per = ", ".join(f"{fmt.format(d)} (s{seed})" for seed, d in diffs)
+        mean = sum(d for _, d in diffs) / len(diffs)
+        wins = sum(d > 0 for _, d in diffs)
+        out.append(
+            f"| {task} | {100 * t:.0f}% | {per} | {fmt.format(mean)} | {wins}/{len(diffs)} |"
+        )
+    return "\n".join(out) + "\n"
+
+
 def summary_markdown(records: Sequence[dict], *, title: str = "Compression benchmark") -> str:
     """The markdown summary: per task, per target, per method, metric mean ±
     sample standard deviation over seeds, the number of seeds, params and
@@ -220,7 +301,18 @@ def summary_markdown(records: Sequence[dict], *, title: str = "Compression bench
         "seed). Reductions are against each seed's unpruned baseline. `after prune` is "
         "the metric right after shrinking, before fine-tuning.",
         "",
+        "## Overview (plain fine-tuning)",
+        "",
+        headline_markdown(records),
     ]
+    paired = paired_markdown(records)
+    if paired:
+        out += [
+            "ACSL against Network Slimming, seed by seed (same baseline weights, data and "
+            "budgets; accuracy/mIoU in points, MAE in counts):",
+            "",
+            paired,
+        ]
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     for task in tasks:
         trows = [r for r in rows if r["task"] == task]

@@ -142,6 +142,31 @@ def test_summary_markdown_table():
     assert cb.summary_markdown([], title="E").splitlines()[-1] == "No records."
 
 
+def test_headline_and_paired_tables():
+    recs = _synthetic()
+    head = cb.headline_markdown(recs).splitlines()
+    assert head[0] == "| task (metric) | target FLOPs red. | unpruned | acsl | ns | l1 | seeds |"
+    row = next(line for line in head if line.startswith("| classification"))
+    assert row == "| classification (accuracy %) | 50% | 91.0 ± 1.0 | 86.0 ± 1.0 | 82.0 ± 2.0 |  | 3 |"
+    row = next(line for line in head if line.startswith("| counting"))
+    assert row == "| counting (MAE, lower is better) | 70% | 3.00 |  |  | 4.50 | 1 |"
+    assert cb.headline_markdown([]) == ""
+    paired = cb.paired_markdown(recs).splitlines()
+    # acsl - ns per seed: 85-80, 87-84, 86-82 points; acsl better in all three
+    assert paired[2] == (
+        "| classification | 50% | +5.0 (s0), +3.0 (s1), +4.0 (s2) | +4.0 | 3/3 |"
+    )
+    # for MAE, lower is better: a positive difference still means acsl better
+    mae = [
+        _rec("counting", "acsl", 0, 4.0, 0.5, metric_name="mae"),
+        _rec("counting", "ns", 0, 5.5, 0.5, metric_name="mae"),
+        _rec("counting", "ns", 1, 5.5, 0.5, metric_name="mae"),  # no acsl in seed 1
+    ]
+    assert cb.paired_markdown(mae).splitlines()[2] == "| counting | 50% | +1.50 (s0) | +1.50 | 1/1 |"
+    assert cb.paired_markdown(mae[1:]) == ""
+    assert "seed by seed" in cb.summary_markdown(recs)
+
+
 def test_plot_writes_one_png_per_task(tmp_path):
     paths = cb.plot(_synthetic(), str(tmp_path))
     assert [os.path.basename(p) for p in paths] == ["classification.png", "counting.png"]
