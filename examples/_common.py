@@ -67,6 +67,13 @@ def parse_args(doc: str, d: Defaults, argv=None, reference: bool = False):
     p.add_argument(
         "--method", default="acsl", choices=["acsl", "ns", "cap"], help="sparsity method"
     )
+    p.add_argument(
+        "--controller",
+        default="rate",
+        choices=["rate", "epoch"],
+        help="BudgetStrength controller (docs/ACSL.md); the figures in docs/EXAMPLES.md "
+        "were measured with 'epoch'",
+    )
     p.add_argument("--distill", action="store_true", help="fine-tune with the baseline as teacher")
     p.add_argument("--no-int8", action="store_true", help="skip the int8 TFLite export")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
@@ -272,6 +279,7 @@ def run(doc: str, d: Defaults, argv=None, reference: bool = False) -> dict:
         penalty=args.penalty,
         lr=d.sparsity_lr,
         threshold=threshold,
+        budget_options={"controller": args.controller},
     )
     m_sparse = wf.evaluate(wrapped, task)
     gammas_after = _bn_gammas(wrapped)

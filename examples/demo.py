@@ -35,6 +35,12 @@ def parse_args(argv=None):
         "--direction", default="redundant", choices=["redundant", "informative", "uniform"]
     )
     p.add_argument("--threshold", type=float, default=0.05, help="|gamma| counted as sparse")
+    p.add_argument(
+        "--controller",
+        default="rate",
+        choices=["rate", "epoch"],
+        help="BudgetStrength controller (docs/ACSL.md)",
+    )
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.05, help="SGD learning rate of sparsity training")
     p.add_argument("--seed", type=int, default=0)
@@ -91,7 +97,7 @@ def main(argv=None):
         epochs=args.epochs,
         steps_per_epoch=steps,
         verbose=2,
-        callbacks=[acsl_tf.BudgetStrength(threshold=args.threshold)],
+        callbacks=[acsl_tf.BudgetStrength(threshold=args.threshold, controller=args.controller)],
     )
     # A strong penalty shrinks activations faster than the BatchNorm moving
     # statistics follow; re-estimate them before evaluating in inference mode.
