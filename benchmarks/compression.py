@@ -279,6 +279,34 @@ def paired_markdown(records: Sequence[dict], a: str = "acsl", b: str = "ns") -> 
     return "\n".join(out) + "\n"
 
 
+def controller_markdown(
+    records: Sequence[dict], earlier: Sequence[dict], methods: Sequence[str] = ("acsl", "ns", "cap")
+) -> str:
+    """The sparsity-trained methods under the current budget controller
+    (``records``) against the same methods, seeds and budgets under the
+    earlier controller (``earlier``, e.g. results/compression/epoch_controller):
+    seed-by-seed differences (positive: current better), as
+    :func:`paired_markdown`.
+
+    Returns:
+        Markdown text, or "" when no seed has both.
+    """
+    rows = []
+    for m in methods:
+        old = [dict(r, method=f"{m}@epoch") for r in earlier if r["method"] == m]
+        new = [r for r in records if r["method"] == m]
+        t = paired_markdown(new + old, a=m, b=f"{m}@epoch")
+        rows += [f"| {m} {line}" for line in t.splitlines()[2:]]
+    if not rows:
+        return ""
+    head = [
+        "| method | task | target FLOPs red. | rate - epoch controller per seed (positive: "
+        "rate better) | mean | rate better in |",
+        "|---|---|---:|---|---:|---:|",
+    ]
+    return "\n".join(head + rows) + "\n"
+
+
 def summary_markdown(records: Sequence[dict], *, title: str = "Compression benchmark") -> str:
     """The markdown summary: per task, per target, per method, metric mean ±
     sample standard deviation over seeds, the number of seeds, params and
@@ -476,6 +504,14 @@ def write_summary(out_dir: str, mode: str) -> str:
 
     recs = load_records(out_dir, mode)
     md = summary_markdown(recs, title=f"Compression benchmark ({mode} mode)")
+    earlier = load_records(os.path.join(out_dir, "epoch_controller"), mode)
+    ctl = controller_markdown(recs, earlier) if earlier else ""
+    if ctl:
+        md += (
+            "\n## Budget controller: rate (current) vs epoch (earlier)\n\n"
+            "The same methods, seeds and budgets under the earlier per-epoch controller "
+            "(records in `epoch_controller/`):\n\n" + ctl
+        )
     os.makedirs(out_dir, exist_ok=True)
     name = "summary.md" if mode == "full" else f"summary_{mode}.md"
     path = _io.atomic_write_text(os.path.join(out_dir, name), md, overwrite=True)

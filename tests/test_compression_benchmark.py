@@ -167,6 +167,22 @@ def test_headline_and_paired_tables():
     assert "seed by seed" in cb.summary_markdown(recs)
 
 
+def test_controller_comparison_and_summary_section(tmp_path):
+    new = [_rec("counting", "acsl", 0, 4.0, 0.85, metric_name="mae")]
+    old = [_rec("counting", "acsl", 0, 5.0, 0.85, metric_name="mae")]
+    text = cb.controller_markdown(new, old).splitlines()
+    assert text[2] == "| acsl | counting | 85% | +1.00 (s0) | +1.00 | 1/1 |"
+    assert cb.controller_markdown(new, []) == ""
+    out = str(tmp_path)
+    cb.write_record(cb.record_path(out, "full", "counting", 0, "acsl", 0.85), new[0])
+    ep = os.path.join(out, "epoch_controller")
+    cb.write_record(cb.record_path(ep, "full", "counting", 0, "acsl", 0.85), old[0])
+    pytest.importorskip("matplotlib")
+    md = open(cb.write_summary(out, "full")).read()
+    assert "## Budget controller: rate (current) vs epoch (earlier)" in md
+    assert "| acsl | counting | 85% | +1.00 (s0) |" in md
+
+
 def test_plot_writes_one_png_per_task(tmp_path):
     paths = cb.plot(_synthetic(), str(tmp_path))
     assert [os.path.basename(p) for p in paths] == ["classification.png", "counting.png"]
