@@ -889,6 +889,10 @@ def main(argv=None) -> int:
     _STOP_AT[0] = _parse_stop_at(args.stop_at) if args.stop_at else None
     if not args.summary_only:
         for name in tasks:
+            task_targets = list(targets)
+            if not args.targets:  # the task's extra targets (pruned from the same models)
+                extra = mcfg["tasks"][name].get("extra_targets", ())
+                task_targets += [t for t in extra if t not in task_targets]
             for seed in seeds:
                 if _past_stop():
                     break
@@ -897,7 +901,7 @@ def main(argv=None) -> int:
                     seed,
                     mode=args.mode,
                     methods=methods,
-                    targets=targets,
+                    targets=task_targets,
                     out_dir=args.out_dir,
                     work_dir=args.work_dir,
                     distill=mcfg["distill"] and not args.no_distill,

@@ -156,6 +156,10 @@ MODES: dict[str, dict] = {
                 sparsity_lr=0.01,
                 finetune_lr=1e-3,
                 penalty=1e-2,
+                # The headline of the counting seed is >= 90% fewer parameters;
+                # 90% FLOPs is pruned from the same sparsity-trained models
+                # (sparsity training still aims at the mode's 85%).
+                extra_targets=(0.9,),
             ),
         },
     ),
