@@ -149,7 +149,7 @@ def aggregate(records: Iterable[dict]) -> list[dict]:
             vals = [r[k] for r in rs if r.get(k) is not None]
             row[k] = _mean_spread(vals)[0] if vals else None
         rows.append(row)
-    order = {m: i for i, m in enumerate(("baseline",) + tuple(METHODS))}
+    order = {m: i for i, m in enumerate(("baseline", "baseline_long") + tuple(METHODS))}
     task_order = {"classification": 0, "segmentation": 1, "counting": 2}
     rows.sort(
         key=lambda r: (
@@ -218,11 +218,19 @@ def headline_markdown(records: Sequence[dict], methods: Sequence[str] | None = N
         return ""
     present = {r["method"] for r in rows}
     cols = [m for m in (methods or MAIN_METHODS) if m in present]
-    head = "| task (metric) | target FLOPs red. | unpruned | " + " | ".join(cols) + " | seeds |"
-    out = [head, "|---|---:|---:|" + "---:|" * len(cols) + "---|"]
+    has_long = "baseline_long" in present
+    head = (
+        "| task (metric) | target FLOPs red. | unpruned | "
+        + ("unpruned, same epochs | " if has_long else "")
+        + " | ".join(cols)
+        + " | seeds |"
+    )
+    out = [head, "|---|---:|---:|" + ("---:|" if has_long else "") + "---:|" * len(cols) + "---|"]
     for task in dict.fromkeys(r["task"] for r in rows):
         trows = [r for r in rows if r["task"] == task]
         base = next((r for r in trows if r["method"] == "baseline"), None)
+        long = next((r for r in trows if r["method"] == "baseline_long"), None)
+        long_cell = ((_fmt_metric(long) if long else "") + " | ") if has_long else ""
         name = trows[0]["metric_name"]
         label = f"{task} ({'MAE, lower is better' if name == 'mae' else name + ' %'})"
         for t in sorted({r["target"] for r in trows if r["target"] is not None}):
@@ -235,6 +243,7 @@ def headline_markdown(records: Sequence[dict], methods: Sequence[str] | None = N
             n = "/".join(str(v) for v in sorted(seeds))
             out.append(
                 f"| {label} | {100 * t:.0f}% | {_fmt_metric(base) if base else ''} | "
+                + long_cell
                 + " | ".join(cells)
                 + f" | {n} |"
             )
@@ -464,7 +473,12 @@ def plot(records: Sequence[dict], out_dir: str) -> list[str]:
         trows = [r for r in rows if r["task"] == task and r["finetune"] == "plain"]
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
         base = [r for r in trows if r["method"] == "baseline"]
-        methods = [m for m in dict.fromkeys(r["method"] for r in trows) if m != "baseline"]
+        long = [r for r in trows if r["method"] == "baseline_long"]
+        methods = [
+            m
+            for m in dict.fromkeys(r["method"] for r in trows)
+            if m not in ("baseline", "baseline_long")
+        ]
         scale = 1.0 if trows[0]["metric_name"] == "mae" else 100.0
         for ax, key, label in (
             (axes[0], "flops_reduction", "FLOPs reduction (%)"),
@@ -483,6 +497,14 @@ def plot(records: Sequence[dict], out_dir: str) -> list[str]:
             if base:
                 ax.axhline(
                     scale * base[0]["metric_mean"], color="k", ls="--", lw=1, label="unpruned"
+                )
+            if long:
+                ax.axhline(
+                    scale * long[0]["metric_mean"],
+                    color="0.4",
+                    ls=":",
+                    lw=1,
+                    label="unpruned, same epochs",
                 )
             ax.set_xlabel(label)
             ax.set_ylabel(_unit(trows[0]["metric_name"]))
@@ -614,8 +636,8 @@ def run_task_seed(
     for m in methods:
         if m == "tfmot":
             continue
-        if m == "baseline":
-            if not os.path.exists(record_path(out_dir, mode, task_name, seed, "baseline")):
+        if m in ("baseline", "baseline_long"):
+            if not os.path.exists(record_path(out_dir, mode, task_name, seed, m)):
                 todo[m] = [(None, "plain")]
             continue
         items = []
@@ -681,8 +703,35 @@ def run_task_seed(
         write_record(record_path(out_dir, mode, task_name, seed, "baseline"), rec)
         written += 1
 
+    if "baseline_long" in todo and not _past_stop():
+        # The unpruned model trained as long as the pruned ones: the baseline
+        # plus the sparsity epochs (SGD, no penalty) plus the fine-tuning
+        # epochs (Adam), i.e. the whole pipeline without penalty and pruning.
+        t0 = time.time()
+        keras.utils.set_random_seed(seed)
+        long = _copy(base)
+        wf.train(long, task, cfg["sparsity_epochs"], lr=cfg["sparsity_lr"], verbose=0)
+        wf.finetune(long, task, cfg["finetune_epochs"], lr=cfg["finetune_lr"], verbose=0)
+        metric = wf.evaluate(long, task)
+        rec = wf.record(
+            long,
+            task,
+            metric=metric,
+            **common,
+            method="baseline_long",
+            target=None,
+            finetune="plain",
+            params_reduction=0.0,
+            flops_reduction=0.0,
+            baseline_metric=base_metric,
+            seconds_train=round(time.time() - t0, 1),
+        )
+        write_record(record_path(out_dir, mode, task_name, seed, "baseline_long"), rec)
+        written += 1
+        _log(f"{task_name} seed {seed}: baseline_long {task.metric_name} {metric:.4f}")
+
     for m, items in todo.items():
-        if m == "baseline":
+        if m in ("baseline", "baseline_long"):
             continue
         if _past_stop():
             _log("stop time reached; no new runs")

@@ -42,8 +42,10 @@ METHODS: dict[str, dict] = {
     "random": dict(sparsity=None, criterion="random", options={}),
 }
 
-#: Methods that are not a pruning method: the unpruned model and tfmot.
-SPECIAL = ("baseline", "tfmot")
+#: Methods that are not a pruning method: the unpruned model, the unpruned
+#: model trained as many epochs as the pruned ones (baseline + sparsity +
+#: fine-tuning epochs, no penalty), and tfmot.
+SPECIAL = ("baseline", "baseline_long", "tfmot")
 
 MAIN_METHODS = ("acsl", "ns", "cap", "l1", "l1_layer", "random")
 VARIANTS = ("acsl_informative", "acsl_attention", "acsl_t2")
@@ -54,7 +56,7 @@ MODES: dict[str, dict] = {
     "smoke": dict(
         seeds=(0,),
         targets=(0.5,),
-        methods=("baseline", "acsl", "ns", "l1"),
+        methods=("baseline", "baseline_long", "acsl", "ns", "l1"),
         distill=False,
         distill_methods=(),
         export_target=0.5,

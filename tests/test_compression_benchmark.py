@@ -151,6 +151,11 @@ def test_headline_and_paired_tables():
     row = next(line for line in head if line.startswith("| counting"))
     assert row == "| counting (MAE, lower is better) | 70% | 3.00 |  |  | 4.50 | 1 |"
     assert cb.headline_markdown([]) == ""
+    longer = recs + [_rec("classification", "baseline_long", 0, 0.95)]
+    head = cb.headline_markdown(longer).splitlines()
+    assert head[0].startswith("| task (metric) | target FLOPs red. | unpruned | unpruned, same epochs | acsl |")
+    row = next(line for line in head if line.startswith("| classification"))
+    assert row.startswith("| classification (accuracy %) | 50% | 91.0 ± 1.0 | 95.0 | 86.0 ± 1.0 |")
     paired = cb.paired_markdown(recs).splitlines()
     # acsl - ns per seed: 85-80, 87-84, 86-82 points; acsl better in all three
     assert paired[2] == (
@@ -254,11 +259,14 @@ def test_smoke_mode_end_to_end_and_resumes(tmp_path):
     assert methods == sorted(MODES["smoke"]["methods"])
     for r in recs:
         assert 0.0 <= r["metric"] <= 1.0
-        if r["method"] != "baseline":
+        if r["method"] not in ("baseline", "baseline_long"):
             assert r["target"] == 0.5
             assert r["flops_reduction"] >= 0.5 - 1e-6
             assert r["params"] < next(b["params"] for b in recs if b["method"] == "baseline")
             assert r["tflite_bytes"] > 0 and r["latency_ms_int8"] > 0
+    by = {r["method"]: r for r in recs}
+    assert by["baseline_long"]["params"] == by["baseline"]["params"]
+    assert by["baseline_long"]["seconds_train"] > 0
     assert os.path.exists(os.path.join(out, "summary_smoke.md"))
     # resumable: a second call finds every record and writes nothing new
     mtimes = {p: os.path.getmtime(p) for p in _json_files(out)}
