@@ -33,7 +33,7 @@ Usage:
     .venv/bin/python benchmarks/compression.py --mode smoke
     .venv/bin/python benchmarks/compression.py --mode full --tasks classification \
         --methods baseline,acsl,ns --seeds 0 --targets 0.5,0.85
-    .venv/bin/python benchmarks/compression.py --mode full --summary-only
+    .venv/bin/python benchmarks/compression.py --mode full --summary-only --update-docs
 """
 
 from __future__ import annotations
@@ -891,6 +891,60 @@ def run_tfmot(task_name: str, seed: int, *, mode: str, out_dir: str, work_dir: s
     return True
 
 
+DOCS_START = "<!-- compression:start -->"
+DOCS_END = "<!-- compression:end -->"
+
+
+def embed(text: str, block: str, start: str = DOCS_START, end: str = DOCS_END) -> str:
+    """``text`` with the part between the ``start`` and ``end`` marker lines
+    replaced by ``block``.
+
+    Raises:
+        ValueError: if the markers are missing or out of order.
+    """
+    i, j = text.find(start), text.find(end)
+    if i < 0 or j < 0 or j < i:
+        raise ValueError(
+            f"The markers {start!r} and {end!r} must both be present, in this order, "
+            "to embed the benchmark summary."
+        )
+    return text[: i + len(start)] + "\n\n" + block.strip() + "\n\n" + text[j:]
+
+
+def docs_blocks(summary: str) -> tuple[str, str]:
+    """From ``summary.md``: (the README block: the overview and the ACSL vs NS
+    tables; the docs/BENCHMARKS.md block: the whole summary with its headings
+    one level deeper and without its title)."""
+    lines = summary.splitlines()
+    body = lines[1:] if lines and lines[0].startswith("# ") else lines
+    deeper = "\n".join(("#" + ln) if ln.startswith("#") else ln for ln in body)
+    sections = summary.split("\n## ")
+    overview = next((s for s in sections if s.startswith("Overview")), "")
+    readme = "\n".join(overview.splitlines()[1:]).strip()
+    return readme, "## Results\n" + deeper
+
+
+def update_docs(out_dir: str, readme: str, benchmarks_md: str) -> list[str]:
+    """Embed the current ``summary.md`` into the README and docs/BENCHMARKS.md
+    (between the ``<!-- compression:start/end -->`` markers); atomic writes.
+
+    Returns:
+        The written paths.
+    """
+    from acsl_tf import _io
+
+    with open(os.path.join(out_dir, "summary.md")) as f:
+        summary = f.read()
+    r_block, b_block = docs_blocks(summary)
+    written = []
+    for path, block in ((readme, r_block), (benchmarks_md, b_block)):
+        with open(path) as f:
+            text = f.read()
+        _io.atomic_write_text(path, embed(text, block), overwrite=True)
+        written.append(path)
+    return written
+
+
 def _csv(text, cast=str):
     return [cast(v) for v in text.split(",") if v.strip()]
 
@@ -905,6 +959,11 @@ def main(argv=None) -> int:
     parser.add_argument("--no-distill", action="store_true")
     parser.add_argument("--no-export", action="store_true", help="skip TFLite export/latency")
     parser.add_argument("--summary-only", action="store_true")
+    parser.add_argument(
+        "--update-docs",
+        action="store_true",
+        help="also embed the summary into README.md and docs/BENCHMARKS.md (full mode)",
+    )
     parser.add_argument(
         "--stop-at", default=None, help="HH:MM UTC: start no new run after this time"
     )
@@ -963,6 +1022,12 @@ def main(argv=None) -> int:
                 write_summary(args.out_dir, args.mode)
     path = write_summary(args.out_dir, args.mode)
     _log(f"summary: {path}")
+    if args.update_docs:
+        root = os.path.dirname(HERE)
+        for p in update_docs(
+            args.out_dir, os.path.join(root, "README.md"), os.path.join(root, "docs", "BENCHMARKS.md")
+        ):
+            _log(f"updated {p}")
     return 0
 
 

@@ -13,7 +13,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "benchmarks"))
 
 import compression as cb  # noqa: E402
-from compression_configs import METHODS, MODES  # noqa: E402
+from compression_configs import METHODS, MODES, SPECIAL  # noqa: E402
 
 
 def _rec(
@@ -188,6 +188,29 @@ def test_controller_comparison_and_summary_section(tmp_path):
     assert "| acsl | counting | 85% | +1.00 (s0) |" in md
 
 
+def test_docs_embedding(tmp_path):
+    summary = cb.summary_markdown(_synthetic(), title="T")
+    readme_block, bench_block = cb.docs_blocks(summary)
+    assert readme_block.startswith("| task (metric) |") and "seed by seed" in readme_block
+    assert "## classification" not in readme_block
+    assert bench_block.startswith("## Results\n")
+    assert "\n### classification: accuracy %" in bench_block and "\n# T" not in bench_block
+    doc = "intro\n<!-- compression:start -->\nold\n<!-- compression:end -->\ntail\n"
+    new = cb.embed(doc, "NEW")
+    assert new == "intro\n<!-- compression:start -->\n\nNEW\n\n<!-- compression:end -->\ntail\n"
+    assert cb.embed(new, "NEW") == new  # idempotent
+    with pytest.raises(ValueError, match="markers"):
+        cb.embed("no markers", "x")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "summary.md").write_text(summary)
+    readme, bench = tmp_path / "README.md", tmp_path / "B.md"
+    readme.write_text(doc)
+    bench.write_text(doc)
+    cb.update_docs(str(out), str(readme), str(bench))
+    assert readme_block in readme.read_text() and bench_block in bench.read_text()
+
+
 def test_plot_writes_one_png_per_task(tmp_path):
     paths = cb.plot(_synthetic(), str(tmp_path))
     assert [os.path.basename(p) for p in paths] == ["classification.png", "counting.png"]
@@ -237,7 +260,7 @@ def test_tfmot_worker_builds_the_task_architectures():
 def test_configs_are_consistent():
     for mode in MODES.values():
         for m in mode["methods"]:
-            assert m in METHODS or m in ("baseline", "tfmot")
+            assert m in METHODS or m in SPECIAL
         assert mode["export_target"] in mode["targets"]
         assert set(mode["tasks"]) == {"classification", "segmentation", "counting"}
     assert METHODS["ns"]["sparsity"] == "ns" and METHODS["l1"]["sparsity"] is None
