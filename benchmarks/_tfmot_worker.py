@@ -117,13 +117,6 @@ def build_task_model(k, task: str, size: str = "quick", overrides: dict | None =
     return model, tuple(int(v) for v in t.input_shape)
 
 
-def _write(path, data):
-    tmp = path + ".part"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", choices=sorted(BUILDERS))
@@ -145,6 +138,8 @@ def main(argv=None):
     import tensorflow_model_optimization as tfmot
     import tf_keras
 
+    from acsl_tf._io import atomic_write_bytes
+
     tf_keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
     batch = 16
@@ -153,7 +148,9 @@ def main(argv=None):
             tf_keras, args.task, args.task_size, json.loads(args.task_overrides)
         )
         ref_path = args.out[: -len(".tflite")] + "_dense_ref.tflite"
-        _write(ref_path, tf.lite.TFLiteConverter.from_keras_model(model).convert())
+        atomic_write_bytes(
+            ref_path, tf.lite.TFLiteConverter.from_keras_model(model).convert(), overwrite=True
+        )
         loss = "mse"
         x = rng.random((args.steps * batch,) + shape, dtype=np.float32)
         y = np.zeros((len(x),) + tuple(int(v) for v in model.output_shape[1:]), np.float32)
@@ -196,7 +193,7 @@ def main(argv=None):
 
     sparse_path = args.out[: -len(".tflite")] + "_sparse.tflite"
     for path, data in ((args.out, dense_bytes), (sparse_path, sparse_bytes)):
-        _write(path, data)
+        atomic_write_bytes(path, data, overwrite=True)
     record = {
         "arch": args.arch or f"task:{args.task}",
         "ref_path": ref_path,

@@ -684,23 +684,27 @@ def run_task_seed(
         f"params={base_params} flops={base_flops}"
     )
     written = 0
-    if "baseline" in todo:
-        do_export = export and "baseline" in export_methods
-        exp = _export(base, task, work, "baseline", runs) if do_export else {}
+
+    def unpruned(model, method, metric, seconds, **extra):
         rec = wf.record(
-            base,
+            model,
             task,
-            metric=base_metric,
-            export=exp,
+            metric=metric,
             **common,
-            method="baseline",
+            method=method,
             target=None,
             finetune="plain",
             params_reduction=0.0,
             flops_reduction=0.0,
-            seconds_train=round(base_seconds, 1),
+            seconds_train=round(seconds, 1),
+            **extra,
         )
-        write_record(record_path(out_dir, mode, task_name, seed, "baseline"), rec)
+        write_record(record_path(out_dir, mode, task_name, seed, method), rec)
+
+    if "baseline" in todo:
+        do_export = export and "baseline" in export_methods
+        exp = _export(base, task, work, "baseline", runs) if do_export else {}
+        unpruned(base, "baseline", base_metric, base_seconds, export=exp)
         written += 1
 
     if "baseline_long" in todo and not _past_stop():
@@ -713,23 +717,12 @@ def run_task_seed(
         wf.train(long, task, cfg["sparsity_epochs"], lr=cfg["sparsity_lr"], verbose=0)
         wf.finetune(long, task, cfg["finetune_epochs"], lr=cfg["finetune_lr"], verbose=0)
         metric = wf.evaluate(long, task)
-        rec = wf.record(
-            long,
-            task,
-            metric=metric,
-            **common,
-            method="baseline_long",
-            target=None,
-            finetune="plain",
-            params_reduction=0.0,
-            flops_reduction=0.0,
-            baseline_metric=base_metric,
-            seconds_train=round(time.time() - t0, 1),
-        )
-        write_record(record_path(out_dir, mode, task_name, seed, "baseline_long"), rec)
+        unpruned(long, "baseline_long", metric, time.time() - t0, baseline_metric=base_metric)
         written += 1
         _log(f"{task_name} seed {seed}: baseline_long {task.metric_name} {metric:.4f}")
 
+    budget_options = dict(mcfg.get("budget_options") or {})
+    ctl = budget_options.get("controller", "rate")
     for m, items in todo.items():
         if m in ("baseline", "baseline_long"):
             continue
@@ -738,9 +731,7 @@ def run_task_seed(
             return written
         spec = METHODS[m]
         source, sparse_metric, sp_seconds = base, None, 0.0
-        budget_options = dict(mcfg.get("budget_options") or {})
         if spec["sparsity"] is not None:
-            ctl = budget_options.get("controller", "rate")
             sp_path = os.path.join(work, f"{m}_sparse_{ctl}.keras")
             source = _load_model(sp_path)
             t0 = time.time()
