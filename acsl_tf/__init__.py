@@ -14,16 +14,16 @@ __version__ = "0.1.0"
 
 __all__ = ["__version__"]
 
-# --- ACSL sparsity training (acsl_tf.affinity/regularizer/wrapper/prune/schedules/callbacks) ---
-from acsl_tf import affinity, callbacks, schedules  # noqa: E402
-from acsl_tf.batchnorm import recalibrate_batchnorm  # noqa: E402
-from acsl_tf.callbacks import BudgetStrength, SparsityTensorBoard  # noqa: E402
-from acsl_tf.cap import cap_criterion, prune_context_aware  # noqa: E402
-from acsl_tf.prune import get_wrappers, prune_low_correlation, strip_pruning  # noqa: E402
-from acsl_tf.regularizer import CorrelationSparsity  # noqa: E402
-from acsl_tf.schedules import ConstantStrength, PolynomialStrength  # noqa: E402
-from acsl_tf.sparsity import sparsity_report  # noqa: E402
-from acsl_tf.wrapper import PruneLowCorrelation  # noqa: E402
+# --- ACSL sparsity training (acsl_tf.sparsity) ---
+from acsl_tf.sparsity import affinity, callbacks, schedules  # noqa: E402
+from acsl_tf.sparsity.api import get_wrappers, prune_low_correlation, strip_pruning  # noqa: E402
+from acsl_tf.sparsity.batchnorm import recalibrate_batchnorm  # noqa: E402
+from acsl_tf.sparsity.callbacks import BudgetStrength, SparsityTensorBoard  # noqa: E402
+from acsl_tf.sparsity.cap import cap_criterion, prune_context_aware  # noqa: E402
+from acsl_tf.sparsity.regularizer import CorrelationSparsity  # noqa: E402
+from acsl_tf.sparsity.report import sparsity_report  # noqa: E402
+from acsl_tf.sparsity.schedules import ConstantStrength, PolynomialStrength  # noqa: E402
+from acsl_tf.sparsity.wrapper import PruneLowCorrelation  # noqa: E402
 
 __all__ += [
     "affinity",
@@ -45,11 +45,11 @@ __all__ += [
 ]
 # --- end ACSL ---
 
-# --- shrink / profile (acsl_tf.graph, acsl_tf.profile, acsl_tf.criteria, acsl_tf.shrink) ---
-from acsl_tf import criteria  # noqa: E402
-from acsl_tf.graph import register_layer_handler  # noqa: E402
-from acsl_tf.profile import Profile, profile  # noqa: E402
-from acsl_tf.shrink import ShrinkPlan, ShrinkReport, plan_shrink, shrink, shrink_report  # noqa: E402
+# --- dependency graph and pruning (acsl_tf.graph, acsl_tf.pruning) ---
+from acsl_tf.graph.dependency import register_layer_handler  # noqa: E402
+from acsl_tf.pruning import criteria  # noqa: E402
+from acsl_tf.pruning.profile import Profile, profile  # noqa: E402
+from acsl_tf.pruning.shrink import ShrinkPlan, ShrinkReport, plan_shrink, shrink, shrink_report  # noqa: E402
 
 __all__ += [
     "criteria",
@@ -78,8 +78,8 @@ __all__ += ["datasets", "metrics", "models"]
 # --- end tasks ---
 
 # --- distillation (acsl_tf.distill) ---
-from acsl_tf.distill import Distiller  # noqa: E402
-from acsl_tf.losses import (  # noqa: E402
+from acsl_tf.distill.distiller import Distiller  # noqa: E402
+from acsl_tf.distill.losses import (  # noqa: E402
     DistillationKLDivergence,
     SpatialAffinityLoss,
     affinity_distillation_loss,

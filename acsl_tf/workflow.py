@@ -497,7 +497,7 @@ def recalibrate_bn(model: keras.Model, task: Task, batches: int = 20) -> keras.M
     recalibrate_bn(small, task)
     ```
     """
-    from acsl_tf.batchnorm import recalibrate_batchnorm
+    from acsl_tf.sparsity.batchnorm import recalibrate_batchnorm
 
     batches = _check_epochs(batches)
     if batches:
@@ -582,8 +582,8 @@ def sparsity_train(
     wrapped = sparsity_train(model, task, epochs=4, target_flops=0.5)
     ```
     """
-    from acsl_tf.callbacks import BudgetStrength
-    from acsl_tf.prune import prune_low_correlation
+    from acsl_tf.sparsity.api import prune_low_correlation
+    from acsl_tf.sparsity.callbacks import BudgetStrength
 
     if method not in _METHODS:
         raise ValueError(f"`method` must be one of {_METHODS}. Received: method={method!r}")
@@ -650,7 +650,7 @@ def prune(
     small = prune(wrapped, target_flops=0.5)
     ```
     """
-    from acsl_tf.shrink import shrink
+    from acsl_tf.pruning.shrink import shrink
 
     if not 0.0 < float(target_flops) < 1.0:
         raise ValueError(f"`target_flops` must be in (0, 1). Received: target_flops={target_flops}")
@@ -709,7 +709,7 @@ def finetune(
             recalibrate=recalibrate,
         )
         return model
-    from acsl_tf.distill import Distiller
+    from acsl_tf.distill.distiller import Distiller
 
     d = Distiller(model, teacher, task=task.distill_task, alpha=alpha)
     d.compile(_optimizer(optimizer, lr), metrics=task.metrics(), run_eagerly=task.eager)
@@ -840,8 +840,8 @@ def record(
     row = record(small, task, stage="pruned")
     ```
     """
-    from acsl_tf.profile import profile
-    from acsl_tf.prune import get_wrappers, strip_pruning
+    from acsl_tf.pruning.profile import profile
+    from acsl_tf.sparsity.api import get_wrappers, strip_pruning
 
     plain = strip_pruning(model) if get_wrappers(model) else model
     prof = profile(plain)

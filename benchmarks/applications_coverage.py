@@ -24,8 +24,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from acsl_tf.profile import profile  # noqa: E402
-from acsl_tf.shrink import plan_shrink, shrink  # noqa: E402
+from acsl_tf.pruning.profile import profile  # noqa: E402
+from acsl_tf.pruning.shrink import plan_shrink, shrink  # noqa: E402
 
 A = keras.applications
 MODELS = [

@@ -20,7 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
 
-from acsl_tf.shrink import plan_shrink, shrink  # noqa: E402
+from acsl_tf.pruning.shrink import plan_shrink, shrink  # noqa: E402
 
 MODELS = {
     "MobileNetV2": keras.applications.MobileNetV2,

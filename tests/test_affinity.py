@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from acsl_tf import affinity
+from acsl_tf.sparsity import affinity
 
 
 def np_affinity(f, kind="cosine", center=False, scale=0.1, eps=1e-6):

@@ -236,9 +236,9 @@ def test_records_round_trip_and_paths(tmp_path):
 
 
 def test_tfmot_worker_builds_the_task_architectures():
+    import _tfmot_worker as worker
     import keras
 
-    import _tfmot_worker as worker
     from acsl_tf import workflow as wf
 
     for task in ("classification", "segmentation", "counting"):

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from keras import layers as L
 
-from acsl_tf.graph import (
+from acsl_tf.graph.dependency import (
     LayerHandler,
     PassThrough,
     analyze,
@@ -13,7 +13,7 @@ from acsl_tf.graph import (
     supported_layers,
     trace_model,
 )
-from acsl_tf.shrink import plan_shrink, shrink
+from acsl_tf.pruning.shrink import plan_shrink, shrink
 
 
 def test_residual_add_couples_producers():

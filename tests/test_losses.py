@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from acsl_tf import losses
+from acsl_tf.distill import losses
 
 ATOL = 1e-5
 

@@ -3,7 +3,7 @@ import numpy as np
 from keras import layers as L
 
 import acsl_tf
-from acsl_tf.profile import Profile, call_cost, profile
+from acsl_tf.pruning.profile import Profile, call_cost, profile
 
 
 def rows(p):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import acsl_tf
-from acsl_tf import schedules
+from acsl_tf.sparsity import schedules
 from tests._models import small_cnn
 
 

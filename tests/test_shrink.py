@@ -4,9 +4,9 @@ import pytest
 from keras import layers as L
 
 import acsl_tf
-from acsl_tf.criteria import get_criterion, list_criteria, register_criterion
-from acsl_tf.profile import profile
-from acsl_tf.shrink import ShrinkPlan, plan_shrink, shrink, shrink_report
+from acsl_tf.pruning.criteria import get_criterion, list_criteria, register_criterion
+from acsl_tf.pruning.profile import profile
+from acsl_tf.pruning.shrink import ShrinkPlan, plan_shrink, shrink, shrink_report
 
 
 def set_bn(layer, gamma=None, beta=None, seed=0):
@@ -268,7 +268,7 @@ def test_public_reexports():
 
 
 def test_wrapped_model_shrinks_to_plain_model():
-    from acsl_tf.prune import prune_low_correlation
+    from acsl_tf.sparsity.api import prune_low_correlation
 
     m = small_cnn()
     set_bn(m.get_layer("bn1"), gamma=[0.0, 1, 0.0, 1, 1, 1, 1, 1], beta=[0.0] * 8)

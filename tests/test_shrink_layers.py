@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from keras import layers as L
 
-from acsl_tf.profile import profile
-from acsl_tf.shrink import plan_shrink, shrink
+from acsl_tf.pruning.profile import profile
+from acsl_tf.pruning.shrink import plan_shrink, shrink
 
 
 def randomize_bn(model, seed=0):
@@ -50,7 +50,7 @@ def zero_and_keep(model, frac=0.4, seed=0):
     plan = plan_shrink(model, ratio=0.0)
     rng = np.random.default_rng(seed)
     an = plan._analysis
-    from acsl_tf.graph import groups, keep_features
+    from acsl_tf.graph.dependency import groups, keep_features
 
     keep_roots = {}
     for r, src in groups(an).items():

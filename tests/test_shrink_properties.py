@@ -8,9 +8,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from keras import layers as L
 
-from acsl_tf.graph import groups, keep_features
-from acsl_tf.profile import profile
-from acsl_tf.shrink import plan_shrink, shrink
+from acsl_tf.graph.dependency import groups, keep_features
+from acsl_tf.pruning.profile import profile
+from acsl_tf.pruning.shrink import plan_shrink, shrink
 
 BLOCKS = ["conv", "residual", "concat", "depthwise", "upsample", "branch_add", "se", "separable"]
 

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable
 import keras
 
 from acsl_tf import _keras
-from acsl_tf.wrapper import STATISTICS_ACTIVATIONS, PruneLowCorrelation
+from acsl_tf.sparsity.wrapper import STATISTICS_ACTIVATIONS, PruneLowCorrelation
 
 #: Layers whose output channels a following BatchNormalization scales.
 PRODUCER_CLASSES = (

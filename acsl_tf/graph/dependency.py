@@ -350,7 +350,7 @@ def register_layer_handler(layer_class, handler: LayerHandler) -> None:
             element-wise layers without weights).
 
     Example:
-        >>> from acsl_tf.graph import PassThrough, register_layer_handler
+        >>> from acsl_tf.graph.dependency import PassThrough, register_layer_handler
         >>> class MyAct(keras.layers.Layer):
         ...     def call(self, x): return x * keras.ops.sigmoid(x)
         >>> register_layer_handler(MyAct, PassThrough())

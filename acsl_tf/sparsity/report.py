@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
-from acsl_tf.prune import get_wrappers
+from acsl_tf.sparsity.api import get_wrappers
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
-from acsl_tf import graph as _graph
+from acsl_tf.graph import dependency as _graph
 
 __all__ = ["Profile", "LayerProfile", "profile", "call_cost"]
 

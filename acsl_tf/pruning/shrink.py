@@ -25,10 +25,10 @@ from typing import Any
 import keras
 import numpy as np
 
-from acsl_tf import criteria as _criteria
-from acsl_tf import graph as _graph
-from acsl_tf.profile import call_cost as _call_cost
-from acsl_tf.profile import profile as _profile_fn
+from acsl_tf.graph import dependency as _graph
+from acsl_tf.pruning import criteria as _criteria
+from acsl_tf.pruning.profile import call_cost as _call_cost
+from acsl_tf.pruning.profile import profile as _profile_fn
 
 __all__ = ["ShrinkPlan", "ChannelGroup", "ShrinkReport", "plan_shrink", "shrink", "shrink_report"]
 
@@ -594,7 +594,7 @@ def shrink(
             "plan was computed for a different model; call plan_shrink(model, ...) again."
         )
     if _has_wrappers(an.trace):
-        from acsl_tf import prune as _prune  # lazy: optional at import time
+        from acsl_tf.sparsity import api as _prune  # lazy: optional at import time
 
         stripped = _prune.strip_pruning(model)
         names = {c.op.name for c in _graph.trace_model(stripped).calls}

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from acsl_tf import criteria
-from acsl_tf.prune import prune_low_correlation
+from acsl_tf.pruning import criteria
+from acsl_tf.sparsity.api import prune_low_correlation
 
 COMBINATIONS = ("product", "sum")
 

@@ -15,8 +15,9 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from acsl_tf import _keras, losses
+from acsl_tf import _keras
 from acsl_tf._keras import register
+from acsl_tf.distill import losses
 
 __all__ = ["Distiller"]
 

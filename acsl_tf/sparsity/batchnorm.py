@@ -16,7 +16,7 @@ import numpy as np
 
 
 def _batchnorms(model):
-    from acsl_tf.wrapper import PruneLowCorrelation
+    from acsl_tf.sparsity.wrapper import PruneLowCorrelation
 
     found, wrappers = [], []
 

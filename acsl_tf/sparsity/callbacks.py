@@ -8,7 +8,7 @@ import math
 import keras
 import numpy as np
 
-from acsl_tf.prune import get_wrappers
+from acsl_tf.sparsity.api import get_wrappers
 
 
 def _wrappers_or_raise(model, who):
@@ -182,7 +182,7 @@ class BudgetStrength(keras.callbacks.Callback):
 
     def measure(self) -> float:
         """Reduction (fraction) the sub-threshold channels would give now."""
-        from acsl_tf.shrink import plan_shrink
+        from acsl_tf.pruning.shrink import plan_shrink
 
         plan = plan_shrink(self.model, threshold=self.threshold)
         if self._kind == "flops":
@@ -199,7 +199,7 @@ class BudgetStrength(keras.callbacks.Callback):
             ValueError: if the budget cannot be met even by removing every
                 prunable channel.
         """
-        from acsl_tf.shrink import plan_shrink
+        from acsl_tf.pruning.shrink import plan_shrink
 
         kw = {"target_flops" if self._kind == "flops" else "target_params": self._target}
         try:

@@ -7,10 +7,10 @@ import math
 import keras
 from keras import ops
 
-from acsl_tf import affinity as affinity_lib
-from acsl_tf import schedules as schedules_lib
 from acsl_tf._keras import register
-from acsl_tf.regularizer import CorrelationSparsity
+from acsl_tf.sparsity import affinity as affinity_lib
+from acsl_tf.sparsity import schedules as schedules_lib
+from acsl_tf.sparsity.regularizer import CorrelationSparsity
 
 #: Activation layers that may follow a unit and are applied (statelessly) to
 #: the BN output when the affinity statistics are computed.

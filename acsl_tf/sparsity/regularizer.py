@@ -6,8 +6,8 @@ import math
 
 import keras
 
-from acsl_tf import affinity as affinity_lib
 from acsl_tf._keras import register
+from acsl_tf.sparsity import affinity as affinity_lib
 
 
 @register

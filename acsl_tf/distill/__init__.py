@@ -1,0 +1,2 @@
+"""Recovering accuracy after pruning: the ``Distiller`` model and the
+distillation losses."""
