@@ -6,6 +6,8 @@ remove the sparse channels with :func:`shrink`, fine-tune (optionally with
 :class:`Distiller`), and export with :mod:`acsl_tf.export`.
 """
 
+# Before anything imports Keras' internals: a missing TensorFlow or another
+# Keras backend is reported with the install command.
 from acsl_tf import _keras
 
 _keras.check_backend()

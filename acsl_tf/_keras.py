@@ -7,9 +7,23 @@ file.
 
 from __future__ import annotations
 
-import keras
+import importlib.util
+import os
+
+try:  # Keras 3 imports its backend on import; check_backend explains a failure.
+    import keras
+except ImportError as _err:  # pragma: no cover - exercised in a subprocess test
+    keras = None
+    _KERAS_IMPORT_ERROR: ImportError | None = _err
+else:
+    _KERAS_IMPORT_ERROR = None
 
 PACKAGE = "acsl_tf"
+
+INSTALL_HINT = (
+    'pip install "acsl_tf[cpu]" (CPU-only TensorFlow) or pip install "acsl_tf[tf]" '
+    "(TensorFlow with GPU support)"
+)
 
 
 def register(cls=None, *, name=None):
@@ -24,8 +38,53 @@ def register(cls=None, *, name=None):
     return deco(cls) if cls is not None else deco
 
 
+def _module_missing(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is None
+    except (ImportError, ValueError):
+        return True
+
+
 def check_backend():
-    """Raise a clear error unless Keras runs on the TensorFlow backend."""
+    """Raise a clear error unless Keras 3 runs on the TensorFlow backend.
+
+    ``acsl_tf/__init__.py`` calls this before anything else, so a missing
+    TensorFlow is reported with the install command instead of as an error from
+    inside Keras.
+
+    Raises:
+        ImportError: TensorFlow or Keras is not installed, Keras is not Keras 3,
+            or Keras could not be imported.
+        RuntimeError: Keras runs on another backend.
+    """
+    if _KERAS_IMPORT_ERROR is not None or keras is None:
+        if _module_missing("tensorflow"):
+            raise ImportError(
+                "acsl_tf needs TensorFlow as the Keras backend, and TensorFlow is not "
+                f"installed. Install it with {INSTALL_HINT}, or install your own "
+                "TensorFlow build (`tensorflow`, `tensorflow-cpu`, `tensorflow-macos`) "
+                "next to acsl_tf. Received: tensorflow=None",
+                name="tensorflow",
+            ) from None
+        if _module_missing("keras"):
+            raise ImportError(
+                "acsl_tf needs Keras 3, which is not installed. Install it with "
+                'pip install "keras>=3". Received: keras=None',
+                name="keras",
+            ) from None
+        backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+        raise ImportError(
+            f"Keras could not be imported: {_KERAS_IMPORT_ERROR}. acsl_tf needs Keras 3 "
+            "on the TensorFlow backend; set KERAS_BACKEND=tensorflow and check the "
+            f"TensorFlow installation ({INSTALL_HINT}). Received: KERAS_BACKEND={backend!r}"
+        ) from _KERAS_IMPORT_ERROR
+    version = getattr(keras, "__version__", "0")
+    if not version.startswith("3."):
+        raise ImportError(
+            "acsl_tf needs Keras 3; Keras 2 (`tf.keras` of TensorFlow < 2.16, or `tf_keras`) "
+            'is not supported. Install Keras 3 with pip install "keras>=3". '
+            f"Received: keras.__version__={version!r}"
+        )
     backend = keras.backend.backend()
     if backend != "tensorflow":
         raise RuntimeError(
