@@ -13,7 +13,13 @@ pytest.importorskip("ai_edge_litert")
 import keras  # noqa: E402
 
 from acsl_tf.export import inspect_tflite, to_c_source, to_tflite  # noqa: E402
-from acsl_tf.export.c_source import estimate_arena_bytes, resolver_method  # noqa: E402
+from acsl_tf import _io  # noqa: E402
+from acsl_tf.export.c_source import (  # noqa: E402
+    check_c_source,
+    estimate_arena_bytes,
+    model_id,
+    resolver_method,
+)
 
 
 def tiny_cnn():
@@ -88,7 +94,7 @@ def test_c_source_from_bytes_and_bad_inputs(tflite_int8, tmp_path):
     h, cc = to_c_source(content, tmp_path)  # default name "model"
     assert os.path.basename(h) == "model.h" and _parse_array(open(cc).read(), "model") == content
     with pytest.raises(FileExistsError):
-        to_c_source(content, tmp_path)
+        to_c_source(content, tmp_path, overwrite=False)
     with pytest.raises(ValueError, match="C identifier"):
         to_c_source(content, tmp_path, name="2model")
     with pytest.raises(ValueError, match="C identifier"):
@@ -96,11 +102,89 @@ def test_c_source_from_bytes_and_bad_inputs(tflite_int8, tmp_path):
     with pytest.raises(ValueError, match="TFL3"):
         to_c_source(b"\x00" * 64, tmp_path, name="junk")
     with pytest.raises(FileNotFoundError):
-        to_c_source(content, tmp_path / "missing", name="x")
-    with pytest.raises(FileNotFoundError):
         to_c_source(str(tmp_path / "none.tflite"), tmp_path, name="x")
+    with pytest.raises(NotADirectoryError, match="not a directory"):
+        to_c_source(content, tmp_path / "model.h", name="x")
+    with pytest.raises(ValueError, match="out_dir"):
+        to_c_source(content, "", name="x")
     assert sorted(os.listdir(tmp_path)) == ["model.cc", "model.h"]
-    to_c_source(content, tmp_path, overwrite=True)
+    to_c_source(content, tmp_path)  # overwrites by default, as keras.Model.save
+
+
+def test_c_source_creates_missing_output_directory(tflite_int8, tmp_path):
+    out = tmp_path / "firmware" / "src"
+    h, cc = to_c_source(tflite_int8, out, name="net")
+    assert sorted(os.listdir(out)) == ["net.cc", "net.h"]
+    assert check_c_source(h, cc) == model_id(open(tflite_int8, "rb").read())
+
+
+def test_c_source_pair_carries_the_model_id(tflite_int8, tmp_path):
+    content = open(tflite_int8, "rb").read()
+    h, cc = to_c_source(content, tmp_path, name="net")
+    mid = f"0x{model_id(content):016x}ULL"
+    h_text, cc_text = open(h).read(), open(cc).read()
+    assert f"constexpr unsigned long long net_model_id = {mid};" in h_text
+    assert f"static_assert(net_model_id == {mid}," in cc_text
+    assert check_c_source(h, cc) == model_id(content)
+
+
+def _other_model(content):
+    """Different flatbuffer bytes: the same model with one more trailing byte."""
+    return content + b"\x00" * 16
+
+
+def test_c_source_kill_between_renames_is_detected(tflite_int8, tmp_path, monkeypatch):
+    """A process killed after the first rename leaves a new .cc beside the old .h;
+    the pair no longer matches, which check_c_source and the compiler detect."""
+    old = open(tflite_int8, "rb").read()
+    new = _other_model(old)
+    h, cc = to_c_source(old, tmp_path, name="net")
+    renames = []
+    real_replace = os.replace
+
+    def replace_then_die(src, dst):
+        if renames:
+            raise KeyboardInterrupt  # stands for the kill between the two renames
+        renames.append(dst)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(_io.os, "replace", replace_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        to_c_source(new, tmp_path, name="net")
+    monkeypatch.undo()
+    assert renames == [cc]  # the source was replaced, the header was not
+    assert sorted(os.listdir(tmp_path)) == ["net.cc", "net.h"]  # no temporary files left
+    assert f"0x{model_id(new):016x}ULL" in open(cc).read()
+    assert f"0x{model_id(old):016x}ULL" in open(h).read()
+    with pytest.raises(ValueError, match="do not come from the same export"):
+        check_c_source(h, cc)
+    if shutil.which("g++"):
+        result = subprocess.run(
+            ["g++", "-std=c++17", "-fsyntax-only", "net.cc"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode != 0
+        assert "come from different exports" in result.stderr
+    # Running the export again repairs the pair.
+    to_c_source(new, tmp_path, name="net")
+    assert check_c_source(h, cc) == model_id(new)
+
+
+def test_c_source_failure_before_renames_keeps_old_pair(tflite_int8, tmp_path, monkeypatch):
+    old = open(tflite_int8, "rb").read()
+    h, cc = to_c_source(old, tmp_path, name="net")
+
+    def fail(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(_io.os, "replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        to_c_source(_other_model(old), tmp_path, name="net")
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path)) == ["net.cc", "net.h"]
+    assert check_c_source(h, cc) == model_id(old)
 
 
 MAIN_CC = r"""

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import itertools
 import os
+import sys
+import tempfile
 
 import numpy as np
 
@@ -187,3 +191,58 @@ def keras_outputs(model, x, batch_size=32):
         y = model(x[start : start + batch_size], training=False)
         chunks.append([np.asarray(keras.ops.convert_to_numpy(t)) for t in keras.tree.flatten(y)])
     return [np.concatenate(parts, axis=0) for parts in zip(*chunks)]
+
+
+@contextlib.contextmanager
+def quiet_output(enabled: bool = True):
+    """Send what TensorFlow, the TFLite converter and the interpreter print to
+    the process's stdout/stderr (C++ logging included) into an anonymous
+    temporary file while the block runs.
+
+    Yields a callable that returns the captured text, e.g. to add the
+    converter's log to an error message. With ``enabled=False`` nothing is
+    redirected and the callable returns ``""``.
+    """
+    if not enabled:
+        yield lambda: ""
+        return
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    try:
+        saved = [os.dup(1), os.dup(2)]
+    except OSError:  # pragma: no cover - no file descriptors (embedded interpreters)
+        yield lambda: ""
+        return
+    sink = tempfile.TemporaryFile(mode="w+b")
+    text = io.TextIOWrapper(sink, encoding="utf-8", errors="replace", write_through=True)
+
+    def captured() -> str:
+        with contextlib.suppress(Exception):
+            text.flush()
+            pos = sink.tell()
+            sink.seek(0)
+            data = sink.read()
+            sink.seek(pos)
+            return data.decode("utf-8", "replace")
+        return ""
+
+    try:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        with contextlib.redirect_stdout(text), contextlib.redirect_stderr(text):
+            yield captured
+    finally:
+        with contextlib.suppress(Exception):
+            text.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+        text.close()
+
+
+def log_tail(text: str, lines: int = 15) -> str:
+    """The last ``lines`` non-empty lines of a captured log, indented."""
+    kept = [line for line in text.splitlines() if line.strip()][-lines:]
+    return "\n".join("    " + line for line in kept)

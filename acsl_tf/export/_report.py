@@ -6,9 +6,10 @@ import dataclasses
 import json
 from typing import Any
 
-# Relative parity tolerances, per export mode. The error measured is
-# ``max|y_artifact - y_keras| / max(max|y_keras|, 1e-3)`` over the verification
-# samples (dequantized outputs for int8). The values are an order of magnitude
+# Relative parity tolerances, per export mode. The error measured is, per
+# output, ``max|y_artifact - y_keras| / scale`` over the verification samples
+# (dequantized outputs for int8), where ``scale`` is the output's range (see
+# :func:`output_scale`). The values are an order of magnitude
 # above what healthy conversions give on small CNNs (float32 ~1e-6, float16
 # ~4e-4, dynamic ~3e-3, int8 ~1e-2; see docs/EXPORT.md), so a failure means a
 # broken artifact, not unlucky rounding.
@@ -23,6 +24,50 @@ DEFAULT_TOLERANCES = {
 # Floor of the output scale in the relative error, so that models whose
 # outputs are all close to zero are judged on an absolute scale.
 SCALE_FLOOR = 1e-3
+# Outputs whose entries lie in [0, 1] and sum to 1 along the last axis (within
+# this tolerance) are probabilities: their range is 1 whatever the values.
+PROBABILITY_SUM_TOLERANCE = 1e-3
+
+
+def is_probability(y) -> bool:
+    """Whether ``y`` (at least 2-D) holds probability vectors along its last
+    axis: entries in [0, 1] that sum to 1 (softmax outputs)."""
+    import numpy as np
+
+    y = np.asarray(y, dtype=np.float64)
+    if y.ndim < 2 or y.shape[-1] < 2 or y.size == 0:
+        return False
+    if y.min() < -1e-6 or y.max() > 1 + 1e-6:
+        return False
+    return bool(np.all(np.abs(y.sum(-1) - 1.0) <= PROBABILITY_SUM_TOLERANCE))
+
+
+def output_scale(y, quantized_range: float | None = None) -> float:
+    """The scale that parity errors of one output are measured against.
+
+    It is the largest of: ``max|y|``; 1 for probability outputs (see
+    :func:`is_probability`), since a softmax over 1000 classes has entries
+    near 1e-3 but a range of 1; the range an int8 output tensor can represent
+    (``255 * scale``), since its rounding step is a fixed fraction of that
+    range; and :data:`SCALE_FLOOR`.
+
+    Args:
+        y: The Keras model's output on the verification samples.
+        quantized_range: ``255 * scale`` of the artifact's int8 output tensor,
+            or ``None``.
+
+    Returns:
+        The scale (a positive float).
+    """
+    import numpy as np
+
+    y = np.asarray(y, dtype=np.float64)
+    scale = float(np.abs(y).max()) if y.size else 0.0
+    if is_probability(y):
+        scale = max(scale, 1.0)
+    if quantized_range:
+        scale = max(scale, float(quantized_range))
+    return max(scale, SCALE_FLOOR)
 
 
 class ParityError(RuntimeError):
@@ -68,7 +113,11 @@ class ExportReport:
         verify_data: ``"representative_data"``, ``"sample_data"`` or ``"random"``.
         max_abs_error / mean_abs_error: Output differences against Keras
             (dequantized for int8 outputs).
-        relative_error: ``max_abs_error / max(max|y_keras|, 1e-3)``.
+        relative_error: The largest ``max|y_artifact - y_keras| / scale`` over
+            the outputs, where ``scale`` is the output's range (see
+            :func:`output_scale`: ``max|y_keras|``, 1 for probability outputs,
+            the int8 output range, at least 1e-3).
+        error_scales: The ``scale`` of each output.
         tolerance: The relative tolerance that ``passed`` was judged against.
         passed: ``relative_error <= tolerance`` (``None`` when not verified).
         argmax_agreement: For outputs whose last axis has more than one entry,
@@ -76,6 +125,13 @@ class ExportReport:
             where the artifact's argmax equals Keras' argmax.
         keras_accuracy / artifact_accuracy: When labels were given, the argmax
             accuracy of Keras and of the artifact on the verification samples.
+        batchnorm_check: For models with BatchNormalization layers exported
+            with representative data, the comparison of their moving
+            statistics with the batch statistics of that data:
+            ``{"layers": n, "stale": [{"layer", "score", ...}], "threshold"}``.
+            A non-empty ``stale`` list means the Keras model itself is off on
+            this data, and parity (measured against it) says nothing about
+            accuracy. ``None`` when not checked.
         extra: Format-specific details (e.g. ``{"opset": 17}``).
     """
 
@@ -98,6 +154,8 @@ class ExportReport:
     argmax_agreement: float | None = None
     keras_accuracy: float | None = None
     artifact_accuracy: float | None = None
+    error_scales: list[float] | None = None
+    batchnorm_check: dict[str, Any] | None = None
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -126,6 +184,7 @@ class ExportReport:
             f"  inputs: {fmt_io(self.inputs)}",
             f"  outputs: {fmt_io(self.outputs)}",
         ]
+        stale = (self.batchnorm_check or {}).get("stale") or []
         if self.verified:
             status = "PASSED" if self.passed else "FAILED"
             lines.append(
@@ -133,6 +192,12 @@ class ExportReport:
                 f"max abs {self.max_abs_error:.3g}, mean abs {self.mean_abs_error:.3g}, "
                 f"relative {self.relative_error:.3g} (tolerance {self.tolerance:g})"
             )
+            if stale:
+                lines.append(
+                    "  parity only shows that the artifact matches the Keras model, whose "
+                    "BatchNorm statistics are stale (below): it does not show that the model "
+                    "is accurate"
+                )
             if self.argmax_agreement is not None:
                 lines.append(f"  argmax agreement: {self.argmax_agreement:.4f}")
             if self.keras_accuracy is not None:
@@ -142,6 +207,14 @@ class ExportReport:
                 )
         else:
             lines.append("  not verified")
+        if stale:
+            names = ", ".join(f"{s['layer']} ({s['score']:.2g})" for s in stale[:5])
+            more = f" and {len(stale) - 5} more" if len(stale) > 5 else ""
+            lines.append(
+                f"  WARNING: stale BatchNorm statistics in {len(stale)} of "
+                f"{self.batchnorm_check['layers']} layers: {names}{more}; recalibrate with "
+                "acsl_tf.recalibrate_batchnorm(model, x) before exporting"
+            )
         for k, v in self.extra.items():
             lines.append(f"  {k}: {v}")
         return "\n".join(lines)
@@ -150,33 +223,44 @@ class ExportReport:
         return self.summary()
 
 
-def compare_outputs(reference, produced, *, labels=None) -> dict[str, Any]:
+def compare_outputs(
+    reference, produced, *, labels=None, quantized_ranges=None
+) -> dict[str, Any]:
     """Error statistics between lists of reference and produced output arrays.
 
     Args:
         reference: List of NumPy arrays (Keras outputs), one per model output.
         produced: List of NumPy arrays of the same shapes (artifact outputs).
         labels: Optional integer class labels (or one-hot) for the first output.
+        quantized_ranges: Optional list with, per output, ``255 * scale`` of
+            the artifact's int8 output tensor (``None`` for float outputs).
 
     Returns:
-        A dict with ``max_abs_error``, ``mean_abs_error``, ``relative_error``,
-        ``argmax_agreement``, ``keras_accuracy`` and ``artifact_accuracy``.
+        A dict with ``max_abs_error``, ``mean_abs_error``, ``relative_error``
+        (the largest per-output ``max abs error / output_scale``),
+        ``error_scales``, ``argmax_agreement``, ``keras_accuracy`` and
+        ``artifact_accuracy``.
     """
     import numpy as np
 
-    max_abs, abs_sum, count, scale = 0.0, 0.0, 0, 0.0
-    for ref, out in zip(reference, produced):
+    quantized_ranges = list(quantized_ranges or [])
+    max_abs, abs_sum, count, relative, scales = 0.0, 0.0, 0, 0.0, []
+    for k, (ref, out) in enumerate(zip(reference, produced)):
         ref = np.asarray(ref, dtype=np.float64)
         out = np.asarray(out, dtype=np.float64).reshape(ref.shape)
         diff = np.abs(ref - out)
-        max_abs = max(max_abs, float(diff.max()) if diff.size else 0.0)
+        worst = float(diff.max()) if diff.size else 0.0
+        max_abs = max(max_abs, worst)
         abs_sum += float(diff.sum())
         count += diff.size
-        scale = max(scale, float(np.abs(ref).max()) if ref.size else 0.0)
+        scale = output_scale(ref, quantized_ranges[k] if k < len(quantized_ranges) else None)
+        scales.append(scale)
+        relative = max(relative, worst / scale)
     result = {
         "max_abs_error": max_abs,
         "mean_abs_error": abs_sum / max(count, 1),
-        "relative_error": max_abs / max(scale, SCALE_FLOOR),
+        "relative_error": relative,
+        "error_scales": scales,
         "argmax_agreement": None,
         "keras_accuracy": None,
         "artifact_accuracy": None,

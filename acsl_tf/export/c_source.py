@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import typing
@@ -73,14 +74,71 @@ def estimate_arena_bytes(info: dict, alignment: int = 16) -> int:
     return int(peak)
 
 
+def model_id(content: bytes) -> int:
+    """The identifier that ties a generated ``.h``/``.cc`` pair to one
+    flatbuffer: the first 64 bits of its SHA-256, as an unsigned integer."""
+    return int.from_bytes(hashlib.sha256(bytes(content)).digest()[:8], "big")
+
+
+def _written_id(text: str, name: str):
+    m = re.search(re.escape(name) + r"_model_id =+ 0x([0-9a-f]{16})ULL", text)
+    return int(m.group(1), 16) if m else None
+
+
+def check_c_source(header_path, source_path, *, name: str | None = None) -> int:
+    """Check that a ``.h``/``.cc`` pair written by :func:`to_c_source` belongs
+    together, i.e. both carry the model identifier of the array in the ``.cc``.
+
+    The compiler makes the same check (a ``static_assert`` in the ``.cc``);
+    this function finds a mismatched pair without compiling, e.g. after an
+    interrupted export.
+
+    Args:
+        header_path: The ``<name>.h`` file.
+        source_path: The ``<name>.cc`` file.
+        name: The symbol prefix (default: the header's file name stem).
+
+    Returns:
+        The model identifier (see :func:`model_id`).
+
+    Raises:
+        ValueError: the files do not carry the same identifier, or the array
+            in the ``.cc`` does not match it.
+    """
+    header_path, source_path = os.fspath(header_path), os.fspath(source_path)
+    name = name or os.path.splitext(os.path.basename(header_path))[0]
+    with open(header_path, encoding="utf-8") as f:
+        h_text = f.read()
+    with open(source_path, encoding="utf-8") as f:
+        cc_text = f.read()
+    h_id, cc_id = _written_id(h_text, name), _written_id(cc_text, name)
+    m = re.search(r"_data\[\] = \{(.*?)\};", cc_text, re.S)
+    data = bytes(int(t, 16) for t in re.findall(r"0x([0-9a-f]{2})", m.group(1))) if m else b""
+    if h_id is None or cc_id is None or h_id != cc_id or model_id(data) != cc_id:
+        raise ValueError(
+            f"{header_path!r} and {source_path!r} do not come from the same export (an export "
+            "was interrupted, or one file was edited or copied from elsewhere). Run "
+            "`acsl_tf.export.to_c_source` again to write both. Received: header model id="
+            f"{'none' if h_id is None else hex(h_id)}, source model id="
+            f"{'none' if cc_id is None else hex(cc_id)}"
+        )
+    return cc_id
+
+
 def to_c_source(
-    tflite_path_or_bytes, out_dir, *, name: str = "model", overwrite: bool = False
+    tflite_path_or_bytes, out_dir, *, name: str = "model", overwrite: bool = True
 ) -> CSourcePaths:
     """Write a TFLite model as ``<name>.h`` / ``<name>.cc`` for TFLite Micro.
 
     The ``.cc`` defines ``alignas(16) const unsigned char <name>_data[]`` (the
     flatbuffer; TFLM needs 16-byte alignment) and ``<name>_data_len``. The
     header declares them and adds:
+
+    - ``<name>_model_id``: the first 64 bits of the flatbuffer's SHA-256. The
+      ``.cc`` repeats it in a ``static_assert``, so a header and a source from
+      different exports (e.g. after an export killed between the two renames)
+      do not compile together; :func:`check_c_source` makes the same check
+      from Python;
 
     - ``<name>_op_count`` and a template ``<name>_register_ops(resolver)`` that
       calls ``resolver.AddConv2D()`` etc. for exactly the builtin ops the model
@@ -90,16 +148,18 @@ def to_c_source(
 
     Args:
         tflite_path_or_bytes: Path to a ``.tflite`` file or its bytes.
-        out_dir: Existing directory to write into.
+        out_dir: Directory to write into; created (with its parents) when it
+            does not exist.
         name: C identifier used for the file names and symbols.
-        overwrite: Replace existing files.
+        overwrite: Replace existing files (the default, as ``model.save``).
 
     Returns:
         ``CSourcePaths(header, source)``.
 
     Raises:
         ValueError: ``name`` is not a C identifier, or the bytes are not TFLite.
-        FileNotFoundError: missing input file or output directory.
+        FileNotFoundError: missing input file.
+        NotADirectoryError: ``out_dir`` exists and is not a directory.
         FileExistsError: an output file exists and ``overwrite=False``.
 
     Example:
@@ -121,21 +181,29 @@ def to_c_source(
             f"digit; not a keyword). Received: name={name!r}"
         )
     content = _tflite._read_tflite(tflite_path_or_bytes)
+    if not isinstance(out_dir, (str, os.PathLike)) or not os.fspath(out_dir):
+        raise ValueError(
+            "`out_dir` must be a directory path (str or os.PathLike), e.g. 'firmware/src'. "
+            f"Received: out_dir={out_dir!r}"
+        )
     out_dir = os.fspath(out_dir)
-    if not os.path.isdir(out_dir):
-        raise FileNotFoundError(
-            f"The output directory does not exist; create it first. Received: out_dir={out_dir!r}"
+    if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
+        raise NotADirectoryError(
+            "`out_dir` exists and is not a directory. Pass a directory to write "
+            f"{name}.h and {name}.cc into. Received: out_dir={out_dir!r}"
         )
     h_path = os.path.join(out_dir, f"{name}.h")
     cc_path = os.path.join(out_dir, f"{name}.cc")
-    _io.check_writable(h_path, overwrite=overwrite)
-    _io.check_writable(cc_path, overwrite=overwrite)
+    if os.path.isdir(out_dir):
+        _io.check_writable(h_path, overwrite=overwrite)
+        _io.check_writable(cc_path, overwrite=overwrite)
 
     info = _tflite.inspect_tflite(content)
     ops = [op for op in info["ops"] if op != "DELEGATE"]
     custom = [op for op in ops if op.startswith("CUSTOM") or not re.fullmatch(r"[A-Z0-9_]+", op)]
     arena = estimate_arena_bytes(info)
     guard = f"{name.upper()}_H_"
+    mid = f"0x{model_id(content):016x}ULL"
     io_lines = [
         f"//   input  {t.name}: {t.dtype}{t.shape}"
         + (f" scale={t.scale:.9g} zero_point={t.zero_point}" if t.scale else "")
@@ -157,6 +225,11 @@ def to_c_source(
 #define {guard}
 
 #include <cstddef>
+
+// Identifies the flatbuffer (first 64 bits of its SHA-256). {name}.cc checks it
+// with a static_assert, so a header and a source from different exports do not
+// compile together.
+constexpr unsigned long long {name}_model_id = {mid};
 
 // The flatbuffer, 16-byte aligned (defined in {name}.cc).
 extern const unsigned char {name}_data[];
@@ -192,10 +265,18 @@ int {name}_register_ops(OpResolver& resolver) {{
     source = (
         f"// Generated by acsl_tf.export.to_c_source.\n"
         f'#include "{name}.h"\n\n'
+        f"static_assert({name}_model_id == {mid},\n"
+        f'              "{name}.h and {name}.cc come from different exports; run "\n'
+        f'              "acsl_tf.export.to_c_source again to write both.");\n\n'
         f"alignas(16) const unsigned char {name}_data[] = {{\n"
         + "\n".join(hex_lines)
         + f"\n}};\nconst unsigned int {name}_data_len = {len(content)};\n"
     )
-    _io.atomic_write_text(h_path, header, overwrite=overwrite)
-    _io.atomic_write_text(cc_path, source, overwrite=overwrite)
+    os.makedirs(out_dir, exist_ok=True)
+    # Both temporary files are written before either rename; the model id in
+    # both files makes a pair torn by a kill between the renames fail to compile.
+    _io.atomic_write_group(
+        [(cc_path, source.encode("utf-8")), (h_path, header.encode("utf-8"))],
+        overwrite=overwrite,
+    )
     return CSourcePaths(header=h_path, source=cc_path)

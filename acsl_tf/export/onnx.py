@@ -37,12 +37,13 @@ def to_onnx(
     *,
     opset: int = 17,
     verify: bool = True,
-    overwrite: bool = False,
+    overwrite: bool = True,
     sample_data=None,
     labels=None,
     num_verify_samples: int = 32,
     tolerance: float | None = None,
     input_name: str | None = None,
+    verbose: bool = False,
 ) -> ExportReport:
     """Convert a Keras 3 model to ONNX, check it with onnxruntime, and write it.
 
@@ -53,7 +54,8 @@ def to_onnx(
 
     With ``verify=True`` the ONNX model runs in ``onnxruntime`` on the whole
     verification batch and is compared with Keras; the relative error
-    ``max|y_onnx - y_keras| / max(max|y_keras|, 1e-3)`` must stay within
+    ``max|y_onnx - y_keras| / scale`` (``scale``: the output's range, 1 for
+    probability outputs; see :func:`to_tflite`) must stay within
     ``tolerance`` (default 1e-4; healthy conversions give ~1e-6), otherwise
     :class:`ParityError` is raised and nothing is written.
 
@@ -62,13 +64,15 @@ def to_onnx(
         path: Output ``.onnx`` path. Written atomically.
         opset: ONNX opset version.
         verify: Run the ONNX model and compare it with Keras.
-        overwrite: Replace an existing file.
+        overwrite: Replace an existing file (the default, as ``keras.Model.save``).
         sample_data: Verification inputs (same forms as ``representative_data``
             of :func:`to_tflite`); default: uniform random inputs in [0, 1).
         labels: Optional labels aligned with ``sample_data`` (accuracy report).
         num_verify_samples: Number of verification inputs.
         tolerance: Relative parity tolerance (default 1e-4).
         input_name: Name of the ONNX input (default: the Keras input's name).
+        verbose: Show what tf2onnx and TensorFlow print during the conversion
+            (captured by default; the tail is added to a conversion error).
 
     Returns:
         An :class:`ExportReport` (``format="onnx"``, ``extra={"opset": ...}``).
@@ -92,8 +96,7 @@ def to_onnx(
             "`num_verify_samples` must be a positive integer. "
             f"Received: num_verify_samples={num_verify_samples!r}"
         )
-    path = _common.fspath(path)
-    _io.check_writable(path, overwrite=overwrite)
+    path = _io.check_writable(_common.fspath(path), overwrite=overwrite)
     keras_name, input_shape, _ = _common.input_spec(model)
     tf2onnx = _common.require("tf2onnx", "ONNX export")
     if verify:
@@ -120,10 +123,15 @@ def to_onnx(
 
     start = time.perf_counter()
     spec = (tf.TensorSpec((None,) + tuple(input_shape), tf.float32, name=name),)
-    try:
-        proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset)
-    except Exception as e:
-        raise RuntimeError(f"ONNX conversion with tf2onnx failed (opset={opset}): {e}") from e
+    with _common.quiet_output(not verbose) as captured:
+        try:
+            proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset)
+        except Exception as e:
+            log = _common.log_tail(captured())
+            log = f"\n  tf2onnx log (last lines; verbose=True shows all):\n{log}" if log else ""
+            raise RuntimeError(
+                f"ONNX conversion with tf2onnx failed (opset={opset}): {e}{log}"
+            ) from e
     seconds = time.perf_counter() - start
     content = proto.SerializeToString()
 

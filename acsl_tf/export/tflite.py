@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import collections
 import os
-import tempfile
 import time
+import warnings
 
 import numpy as np
 
 from acsl_tf import _io
-from acsl_tf.export import _common
+from acsl_tf.export import _batchnorm_check, _common
 from acsl_tf.export._report import DEFAULT_TOLERANCES, ExportReport, ParityError, TensorInfo
 from acsl_tf.export._report import compare_outputs as _compare_outputs
 
@@ -90,7 +90,8 @@ def inspect_tflite(tflite_path_or_bytes) -> dict:
         A dict with ``ops`` (sorted unique names), ``op_counts``, ``op_details``
         (one entry per node in execution order: ``{"op", "input_dtypes",
         "output_dtypes", "inputs", "outputs"}``; tensor indices included),
-        ``tensors`` (index -> ``{"name", "shape", "dtype", "bytes"}``),
+        ``tensors`` (index -> ``{"name", "shape", "dtype", "bytes", "scale",
+        "zero_point"}``; scale and zero point are ``None`` for float tensors),
         ``inputs`` and ``outputs`` (lists of :class:`TensorInfo`) and their
         tensor indices ``input_indices`` / ``output_indices``.
 
@@ -109,10 +110,13 @@ def inspect_tflite(tflite_path_or_bytes) -> dict:
     for d in it.get_tensor_details():
         shape = [int(s) for s in d["shape"]]
         dtype = np.dtype(d["dtype"])
+        q_scale, q_zero = d.get("quantization", (0.0, 0))
         tensors[int(d["index"])] = {
             "name": d["name"],
             "shape": shape,
             "dtype": dtype.name,
+            "scale": float(q_scale) if q_scale else None,
+            "zero_point": int(q_zero) if q_scale else None,
             "bytes": int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
             if shape
             else dtype.itemsize,
@@ -230,13 +234,35 @@ def _dequantize(y, d):
     return np.asarray(y, dtype=np.float32)
 
 
-def _convert(model, quantization, calibration, int8_io):
-    """Export to a SavedModel (inference-mode ``serve`` endpoint) and convert it."""
+def _quantized_output_ranges(info) -> list:
+    """Per output, ``255 * scale`` of its int8 tensor: the output tensor itself
+    (int8 I/O) or the input of the ``DEQUANTIZE`` that produces it (float I/O);
+    ``None`` for float outputs."""
+    producers = {t: op for op in info["op_details"] for t in op["outputs"]}
+    ranges = []
+    for index in info["output_indices"]:
+        t = info["tensors"].get(index, {})
+        scale = t.get("scale")
+        op = producers.get(index)
+        if scale is None and op is not None and op["op"] == "DEQUANTIZE" and op["inputs"]:
+            scale = info["tensors"].get(op["inputs"][0], {}).get("scale")
+        ranges.append(255.0 * scale if scale else None)
+    return ranges
+
+
+def _convert(model, quantization, calibration, int8_io, verbose=False):
+    """Export to a SavedModel (inference-mode ``serve`` endpoint) and convert it.
+
+    The SavedModel lives in ``acsl_tf-export-<pid>-*`` in the system temp
+    folder and is removed on every exit path (see ``acsl_tf._io``). Unless
+    ``verbose``, what TensorFlow and the converter print is captured and only
+    shown (its tail) in the error message of a failed conversion.
+    """
     import tensorflow as tf
 
-    with tempfile.TemporaryDirectory(prefix="acsl_tf-export-") as d:
+    with _io.export_temp_dir() as d, _common.quiet_output(not verbose) as captured:
         saved = os.path.join(d, "saved_model")
-        model.export(saved, format="tf_saved_model", verbose=False)
+        model.export(saved, format="tf_saved_model", verbose=bool(verbose))
         converter = tf.lite.TFLiteConverter.from_saved_model(saved)
         if quantization == "float16":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -266,9 +292,11 @@ def _convert(model, quantization, calibration, int8_io):
                 if quantization == "int8"
                 else ""
             )
+            log = _common.log_tail(captured())
+            log = f"\n  Converter log (last lines; verbose=True shows all):\n{log}" if log else ""
             raise RuntimeError(
                 f"TFLite conversion failed (quantization={quantization!r}).{hint} "
-                f"Converter error: {e}"
+                f"Converter error: {e}{log}"
             ) from e
 
 
@@ -280,12 +308,14 @@ def to_tflite(
     representative_data=None,
     int8_io: bool = True,
     verify: bool = True,
-    overwrite: bool = False,
+    overwrite: bool = True,
     labels=None,
     num_verify_samples: int = 32,
     num_calibration_samples: int = 200,
     tolerance: float | None = None,
     threads: int = 1,
+    verbose: bool = False,
+    check_batchnorm: bool = True,
 ) -> ExportReport:
     """Convert a Keras 3 model to a TFLite flatbuffer, check it, and write it.
 
@@ -306,11 +336,21 @@ def to_tflite(
         ``int8_io=False`` they stay float32 with a ``QUANTIZE`` /
         ``DEQUANTIZE`` op at the edges. Needs ``representative_data``.
 
-    Parity: the relative error ``max|y_tflite - y_keras| / max(max|y_keras|,
-    1e-3)`` (int8 outputs dequantized) must stay within ``tolerance``
-    (defaults: none 1e-3, float16 1e-2, dynamic 5e-2, int8 1e-1). These are
-    about 10x above what healthy conversions give, so a failure means a broken
-    artifact; then :class:`ParityError` is raised and nothing is written.
+    Parity: the relative error ``max|y_tflite - y_keras| / scale`` (int8
+    outputs dequantized) must stay within ``tolerance`` (defaults: none 1e-3,
+    float16 1e-2, dynamic 5e-2, int8 1e-1). ``scale`` is the output's range:
+    ``max|y_keras|``, but 1 for probability outputs (softmax) and at least the
+    range of an int8 output tensor (see
+    :func:`acsl_tf.export._report.output_scale`). The tolerances are about 10x
+    above what healthy conversions give, so a failure means a broken artifact;
+    then :class:`ParityError` is raised and nothing is written.
+
+    Parity compares the artifact with the Keras model, so it cannot reveal a
+    Keras model that is itself wrong. With ``representative_data`` and
+    ``check_batchnorm=True``, the moving statistics of every
+    BatchNormalization layer are compared with the batch statistics of that
+    data; stale statistics (e.g. right after sparsity training) give a
+    ``UserWarning`` and are recorded in ``report.batchnorm_check``.
 
     Args:
         model: A built, single-input Keras 3 model.
@@ -327,7 +367,9 @@ def to_tflite(
         int8_io: For ``"int8"``: int8 input/output tensors (True) or float32
             I/O with quantize/dequantize at the edges (False).
         verify: Run the artifact and compare it with Keras.
-        overwrite: Replace an existing file at ``path``.
+        overwrite: Replace an existing file at ``path`` (the default, as
+            ``keras.Model.save``). With ``overwrite=False`` an existing file
+            raises ``FileExistsError`` before the conversion starts.
         labels: Optional ground-truth labels aligned with
             ``representative_data`` (class ids or one-hot; per-pixel ids for
             dense outputs). The report then has the argmax accuracy of Keras
@@ -336,16 +378,24 @@ def to_tflite(
         num_calibration_samples: Maximum number of int8 calibration inputs.
         tolerance: Relative parity tolerance; ``None`` uses the mode's default.
         threads: Interpreter threads used for verification.
+        verbose: Show what TensorFlow, the converter and the interpreter print
+            (about a dozen log lines). By default they are captured, and their
+            last lines are added to the error of a failed conversion.
+        check_batchnorm: Compare BatchNorm moving statistics with the batch
+            statistics of ``representative_data`` and warn when they are stale
+            (see ``report.batchnorm_check``).
 
     Returns:
         An :class:`ExportReport` (path, size, ops, I/O dtypes and shapes,
-        errors, ``passed``, tolerance).
+        errors, ``passed``, tolerance, ``batchnorm_check``).
 
     Raises:
         TypeError: ``model`` is not a Keras 3 model, or ``path`` is not a path.
         ValueError: unknown ``quantization``; int8 without
             ``representative_data``; representative data of the wrong shape or
-            dtype; non-finite weights; a multi-input model.
+            dtype; non-finite weights; a multi-input model; an empty ``path``
+            or one ending with a path separator.
+        IsADirectoryError: ``path`` is an existing directory.
         FileExistsError: ``path`` exists and ``overwrite=False``.
         FileNotFoundError / PermissionError: the directory is missing or not writable.
         RuntimeError: the converter failed.
@@ -374,8 +424,7 @@ def to_tflite(
             raise ValueError(
                 f"`{argname}` must be a positive integer. Received: {argname}={value!r}"
             )
-    path = _common.fspath(path)
-    _io.check_writable(path, overwrite=overwrite)
+    path = _io.check_writable(_common.fspath(path), overwrite=overwrite)
     input_name, input_shape, _ = _common.input_spec(model)
     if quantization == "int8" and representative_data is None:
         raise ValueError(
@@ -406,12 +455,23 @@ def to_tflite(
             f"`tolerance` must be a non-negative number. Received: tolerance={tolerance!r}"
         )
 
+    bn_check = None
+    if check_batchnorm and samples is not None:
+        bn_check = _batchnorm_check.check_batchnorm_statistics(
+            model, samples[:num_calibration_samples]
+        )
+        if bn_check and bn_check["stale"]:
+            warnings.warn(
+                _batchnorm_check.stale_message(bn_check, quantization), UserWarning, stacklevel=2
+            )
+
     start = time.perf_counter()
     calibration = samples[:num_calibration_samples] if samples is not None else None
-    content = _convert(model, quantization, calibration, int8_io)
+    content = _convert(model, quantization, calibration, int8_io, verbose=verbose)
     seconds = time.perf_counter() - start
 
-    info = inspect_tflite(content)
+    with _common.quiet_output(not verbose):
+        info = inspect_tflite(content)
     report = ExportReport(
         path=None,
         format="tflite",
@@ -422,6 +482,7 @@ def to_tflite(
         inputs=info["inputs"],
         outputs=info["outputs"],
         tolerance=tol,
+        batchnorm_check=bn_check,
         extra={"conversion_seconds": round(seconds, 3)},
     )
     if quantization == "int8":
@@ -444,8 +505,11 @@ def to_tflite(
             report.verify_data = "random"
         y_labels = _common.check_labels(labels, len(x))
         reference = _common.keras_outputs(model, x)
-        produced = run_tflite(content, x, threads=threads)
-        stats = _compare_outputs(reference, produced, labels=y_labels)
+        with _common.quiet_output(not verbose):
+            produced = run_tflite(content, x, threads=threads)
+        stats = _compare_outputs(
+            reference, produced, labels=y_labels, quantized_ranges=_quantized_output_ranges(info)
+        )
         report.verified = True
         report.num_verify_samples = int(len(x))
         for k, v in stats.items():
