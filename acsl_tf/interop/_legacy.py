@@ -78,9 +78,7 @@ def tf_keras():
 def tfmot():
     """The ``tensorflow_model_optimization`` module, imported without changing ``tf.keras``."""
     tf_keras()
-    return _require(
-        "tensorflow_model_optimization", "Quantization-aware training through tfmot"
-    )
+    return _require("tensorflow_model_optimization", "Quantization-aware training through tfmot")
 
 
 def is_tf_keras_object(obj) -> bool:

@@ -518,9 +518,7 @@ def quantize_aware(
             produced = export.run_tflite(content, xv, threads=threads)[0]
             stats = _compare(reference, produced, y_labels)
             report.verified = True
-            report.verify_data = (
-                "representative_data" if representative_data is not None else "x"
-            )
+            report.verify_data = "representative_data" if representative_data is not None else "x"
             report.num_verify_samples = int(len(xv))
             for k, v in stats.items():
                 setattr(report, k, v)
@@ -553,4 +551,3 @@ def quantize_aware(
         c_source=c_paths,
         range_init_samples=n_init,
     )
-

@@ -38,6 +38,7 @@ _K3_BASE_KWARGS = {"name", "dtype", "trainable", "activity_regularizer", "input_
                    "input_dim", "batch_input_shape", "batch_size", "autocast"}  # fmt: skip
 # Keras 3 config entries that tf_keras lacks and that are harmless at these values.
 _DEFAULTS_OK = (None, False, 0, (), [], {}, "linear")
+_HARMLESS = {"groups": 1, "axis": -1}
 _OBJECT_SUFFIXES = ("_initializer", "_regularizer", "_constraint")
 
 
@@ -130,8 +131,12 @@ def _translate_config(layer, target_cls, base_kwargs, getters):
     allowed = _accepted_kwargs(target_cls, base_kwargs)
     for key in [k for k in cfg if k not in allowed]:
         value = cfg.pop(key)
-        if not (value is None or (isinstance(value, (bool, int, str, tuple, list, dict))
-                                  and value in _DEFAULTS_OK)):  # fmt: skip
+        # Initializers do not matter: the weights are copied.
+        harmless = value is None or key.endswith("_initializer") or (
+            isinstance(value, (bool, int, str, tuple, list, dict))
+            and (value in _DEFAULTS_OK or _HARMLESS.get(key, object()) == value)
+        )
+        if not harmless:
             raise ValueError(
                 f"Layer {layer.name!r} ({type(layer).__name__}) uses `{key}`, which the "
                 f"target Keras' {target_cls.__name__} does not have, so it cannot be converted "
@@ -307,9 +312,12 @@ def _raw_op_to_tfk(op, args, kwargs, tfk, tf):
     name = op.name
     tensors = [a for a in args if _is_tfk_tensor(a)]
     if kwargs:
-        pass
-    elif kind in _BINARY_LAYER and len(args) == 2 and len(tensors) == 2 and (
-        tuple(args[0].shape) == tuple(args[1].shape)
+        pass  # keyword call arguments have no mapping: fall through to the error
+    elif (
+        kind in _BINARY_LAYER
+        and len(args) == 2
+        and len(tensors) == 2
+        and (tuple(args[0].shape) == tuple(args[1].shape))
     ):
         return getattr(tfk.layers, _BINARY_LAYER[kind])(name=name)(list(args))
     elif kind in _BINARY_TF and len(args) == 2:
