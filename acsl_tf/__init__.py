@@ -48,19 +48,35 @@ __all__ += [
 # --- end ACSL ---
 
 # --- dependency graph and pruning (acsl_tf.graph, acsl_tf.pruning) ---
-from acsl_tf.graph.dependency import register_layer_handler  # noqa: E402
-from acsl_tf.pruning import criteria  # noqa: E402
-from acsl_tf.pruning.profile import Profile, profile  # noqa: E402
-from acsl_tf.pruning.shrink import ShrinkPlan, ShrinkReport, plan_shrink, shrink, shrink_report  # noqa: E402
+from acsl_tf import graph  # noqa: E402
+from acsl_tf.graph import DependencyGraph, register_layer_handler  # noqa: E402
+from acsl_tf.pruning import (  # noqa: E402
+    ApproximateShrinkWarning,
+    Profile,
+    ShrinkPlan,
+    ShrinkReport,
+    ShrinkResult,
+    apply_plan,
+    criteria,  # noqa: E402
+    plan_shrink,
+    profile,
+    shrink,
+    shrink_report,
+)
 
 __all__ += [
+    "graph",
     "criteria",
+    "DependencyGraph",
     "register_layer_handler",
+    "ApproximateShrinkWarning",
     "Profile",
-    "profile",
     "ShrinkPlan",
     "ShrinkReport",
+    "ShrinkResult",
+    "apply_plan",
     "plan_shrink",
+    "profile",
     "shrink",
     "shrink_report",
 ]

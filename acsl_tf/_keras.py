@@ -158,3 +158,93 @@ def raw_op_modules():
     except ImportError:  # pragma: no cover - other Keras layouts
         return None, None
     return nn, np_ops
+
+
+# ---------------------------------------------------------------------------
+# Graph access (private Keras APIs, in one place)
+# ---------------------------------------------------------------------------
+
+
+def check_graph_model(model, fn_name: str) -> None:
+    """Raise a clear error unless ``model`` is a built Functional/Sequential model."""
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            f"{fn_name} expects a keras.Model (Functional or Sequential). "
+            f"Received: model of type {type(model).__name__}"
+        )
+    if not is_functional(model):
+        raise ValueError(
+            f"{fn_name} works on Functional and Sequential models, whose layer graph can be "
+            f"read and cloned. {model.name!r} is a subclassed model "
+            f"({type(model).__name__}). Rebuild it with the functional API "
+            "(keras.Input -> layers -> keras.Model), or apply the function to the "
+            "functional sub-models it contains."
+        )
+    try:
+        has_inputs = bool(model.built and model.inputs)
+    except (AttributeError, ValueError):
+        has_inputs = False
+    if not has_inputs:
+        raise ValueError(
+            f"{fn_name} needs a built model with known inputs; call the model on data or "
+            f"give the Sequential model an Input first. Received: model={model.name!r}"
+        )
+
+
+def functional_of(model):
+    """The Functional graph behind a Functional or Sequential model."""
+    if isinstance(model, keras.Sequential):
+        fn = getattr(model, "_functional", None)
+        if fn is None:
+            raise ValueError(
+                "The Sequential model is not built. Build it (call it once or give it "
+                f"an Input) before pruning. Received: model={model.name!r}"
+            )
+        return fn
+    return model
+
+
+def nodes_in_order(graph):
+    """The operation nodes of one graph level, inputs first (topological)."""
+    out = []
+    for depth in sorted(graph._nodes_by_depth.keys(), reverse=True):
+        for node in graph._nodes_by_depth[depth]:
+            if node.operation is not None and not node.is_input:
+                out.append(node)
+    return out
+
+
+def call_arguments(node, fill: dict):
+    """``(args, kwargs)`` of a node's call with its KerasTensors replaced by
+    ``fill[id(tensor)]``."""
+    return node.arguments.fill_in(fill)
+
+
+def inputs_struct(model):
+    """The nested structure of a functional model's inputs (list/dict/tensor)."""
+    return getattr(functional_of(model), "_inputs_struct", None)
+
+
+def outputs_struct(model):
+    """The nested structure of a functional model's outputs."""
+    return getattr(functional_of(model), "_outputs_struct", None)
+
+
+def unsafe_deserialization():
+    """A context in which ``from_config`` may rebuild Python lambdas.
+
+    Only used to clone layers of a live model the user handed over (never to
+    read a file); Keras' safe mode is restored on exit.
+    """
+    from keras.src.saving import serialization_lib
+
+    return serialization_lib.SafeModeScope(False)
+
+
+def pack_inputs(model, flat: list):
+    """``flat`` input tensors in the structure of ``model``'s inputs (a
+    single-element list stays a list: ``keras.Model([inp], out)``)."""
+    struct = inputs_struct(model)
+    if struct is None:
+        return flat[0] if len(flat) == 1 else flat
+    return keras.tree.pack_sequence_as(struct, flat)

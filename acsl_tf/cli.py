@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 
 PROG = "acsl-tf"
 EXIT_OK = 0
@@ -391,7 +392,6 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
                 "--criterion": args.criterion != "gamma",
                 "--min-channels": args.min_channels != 1,
                 "--round-to": args.round_to != 1,
-                "--ignore": bool(args.ignore),
                 "--seed": args.seed != 0,
                 "--save-plan": args.save_plan is not None,
             }
@@ -475,6 +475,11 @@ def _check_output(path: str, overwrite: bool, option: str = "output") -> None:
     _io.check_writable(path, overwrite=True)
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """Warnings as one line, without the source location (``--debug`` keeps it)."""
+    return f"{PROG}: {category.__name__}: {' '.join(str(message).split())}\n"
+
+
 def _quiet_tensorflow() -> None:
     """Lower TensorFlow's and absl's Python loggers to errors."""
     import logging
@@ -545,8 +550,6 @@ def _groups_text(rows: list[dict]) -> str:
 
 
 def _cmd_profile(args, progress) -> int:
-    import warnings
-
     import acsl_tf
 
     model = _load_model(args.model, progress)
@@ -634,30 +637,32 @@ def _cmd_shrink(args, progress) -> int:
         )
         if args.save_plan is not None:
             progress(f"saving the plan to {args.save_plan}")
-            if args.overwrite:
-                plan.save(args.save_plan, overwrite=True)
-            else:
-                plan.save(args.save_plan)
+            _save_plan(plan, args.save_plan, args.overwrite)
     data = {
         "model": args.model,
         "output": None,
         "plan": args.save_plan or args.plan,
-        "criterion": plan.criterion,
-        "channels_before": int(plan.channels_before),
-        "channels_removed": int(plan.channels_removed),
-        "params_before": int(plan.params_before),
-        "params_after": int(plan.params_after),
-        "flops_before": int(plan.flops_before),
-        "flops_after": int(plan.flops_after),
-        "params_reduction": float(plan.params_reduction),
-        "flops_reduction": float(plan.flops_reduction),
+        "criterion": getattr(plan, "criterion", None),
+        "channels_before": _int_or_none(getattr(plan, "channels_before", None)),
+        "channels_removed": _int_or_none(getattr(plan, "channels_removed", None)),
+        "params_before": _int_or_none(getattr(plan, "params_before", None)),
+        "params_after": _int_or_none(getattr(plan, "params_after", None)),
+        "flops_before": _int_or_none(getattr(plan, "flops_before", None)),
+        "flops_after": _int_or_none(getattr(plan, "flops_after", None)),
+        "params_reduction": None,
+        "flops_reduction": None,
         "layers": [],
     }
+    if data["params_before"] is not None:
+        data["params_reduction"] = float(plan.params_reduction)
+        data["flops_reduction"] = float(plan.flops_reduction)
     if args.output is None:
         _emit(args, plan.summary(), data)
         return EXIT_OK
     progress("shrinking")
-    small = acsl_tf.shrink(model, plan=plan, fold_removed=not args.no_fold)
+    small = acsl_tf.shrink(
+        model, plan=plan, fold_removed=not args.no_fold, ignored_layers=tuple(args.ignore)
+    )
     progress(f"saving {args.output}")
     with _io.atomic_path(args.output, overwrite=args.overwrite, suffix=".keras") as tmp:
         small.save(tmp)
@@ -684,13 +689,33 @@ def _cmd_shrink(args, progress) -> int:
             for r in report.rows
         ],
     )
-    text = (
-        f"{report.summary()}\n"
-        f"{plan.channels_removed}/{plan.channels_before} prunable channels removed "
-        f"(criterion {plan.criterion!r}); saved {args.output}"
-    )
+    if args.plan is None:
+        done = (
+            f"{plan.channels_removed}/{plan.channels_before} prunable channels removed "
+            f"(criterion {plan.criterion!r}); "
+        )
+    else:
+        done = f"applied the plan {args.plan}; "
+    text = f"{report.summary()}\n{done}saved {args.output}"
     _emit(args, text, data)
     return EXIT_OK
+
+
+def _int_or_none(value):
+    return None if value is None else int(value)
+
+
+def _save_plan(plan, path: str, overwrite: bool) -> None:
+    """``plan.save(path)``, replacing an existing file when ``overwrite`` (atomically:
+    saved next to it, then renamed over it)."""
+    if not (overwrite and os.path.exists(path)):
+        plan.save(path)
+        return
+    parent = os.path.dirname(os.path.abspath(path))
+    with tempfile.TemporaryDirectory(prefix=".acsl_tf-plan-", dir=parent) as tmp:
+        staged = os.path.join(tmp, os.path.basename(path))
+        plan.save(staged)
+        os.replace(staged, path)
 
 
 def _load_data(path: str):
@@ -838,6 +863,9 @@ def main(argv=None) -> int:
     progress = _Progress(quiet=args.quiet)
     if args.quiet:
         _quiet_tensorflow()
+    formatwarning = warnings.formatwarning
+    if not args.debug:
+        warnings.formatwarning = _format_warning
     try:
         return args.func(args, progress)
     except KeyboardInterrupt:
@@ -852,3 +880,5 @@ def main(argv=None) -> int:
             traceback.print_exc()
         print(f"{PROG} {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return EXIT_ERROR
+    finally:
+        warnings.formatwarning = formatwarning

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -650,7 +651,7 @@ def prune(
     small = prune(wrapped, target_flops=0.5)
     ```
     """
-    from acsl_tf.pruning.shrink import shrink
+    from acsl_tf.pruning import shrink
 
     if not 0.0 < float(target_flops) < 1.0:
         raise ValueError(f"`target_flops` must be in (0, 1). Received: target_flops={target_flops}")
@@ -747,7 +748,8 @@ def export_and_measure(
         out_dir: Directory for ``<name>_float32.tflite`` / ``<name>_int8.tflite``
             (created if missing).
         int8: Also export the full-integer model.
-        name: File name prefix.
+        name: File name prefix: letters, digits, ``_``, ``-`` and ``.``, not
+            starting with ``.`` or ``-`` (no path separators).
         runs: Timed invokes per model.
         threads: Interpreter threads.
         overwrite: Replace existing files.
@@ -760,8 +762,9 @@ def export_and_measure(
         (the output difference against Keras found by the verification).
 
     Raises:
-        ValueError: Invalid model or arguments; ``ParityError`` if an export
-            disagrees with the Keras model.
+        ValueError: Invalid model or arguments (e.g. a ``name`` that is not a
+            plain file name); ``ParityError`` if an export disagrees with the
+            Keras model.
 
     Example:
     ```python
@@ -771,6 +774,14 @@ def export_and_measure(
     """
     from acsl_tf.export import benchmark_tflite, to_tflite
 
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}", name):
+        raise ValueError(
+            "`name` is a file name prefix: 1-100 letters, digits, '_', '-' or '.', not starting "
+            "with '.' or '-' and without path separators (choose the directory with `out_dir`). "
+            f"Received: name={name!r}"
+        )
+    if not isinstance(out_dir, (str, os.PathLike)) or not os.fspath(out_dir):
+        raise ValueError(f"`out_dir` must be a directory path. Received: out_dir={out_dir!r}")
     os.makedirs(out_dir, exist_ok=True)
     jobs = [("float32", "none")] + ([("int8", "int8")] if int8 else [])
     out: dict[str, Any] = {}

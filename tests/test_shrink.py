@@ -6,7 +6,7 @@ from keras import layers as L
 import acsl_tf
 from acsl_tf.pruning.criteria import get_criterion, list_criteria, register_criterion
 from acsl_tf.pruning.profile import profile
-from acsl_tf.pruning.shrink import ShrinkPlan, plan_shrink, shrink, shrink_report
+from acsl_tf.pruning import ShrinkPlan, plan_shrink, shrink, shrink_report
 
 
 def set_bn(layer, gamma=None, beta=None, seed=0):
@@ -56,7 +56,7 @@ def test_exactly_one_selection_argument():
         plan_shrink(m, ratio=0.2, criterion="nope")
     with pytest.raises(ValueError, match="ignored_layers"):
         plan_shrink(m, ratio=0.2, ignored_layers=["missing"])
-    with pytest.raises(ValueError, match="unknown BatchNormalization"):
+    with pytest.raises(ValueError, match="neither a BatchNormalization unit"):
         plan_shrink(m, keep={"nope": [0]})
 
 
@@ -198,9 +198,14 @@ def test_unsupported_layer_error_and_ignore():
     x = L.Lambda(lambda t: t * 2.0, name="lam")(x)
     x = L.Conv2D(2, 1)(x)
     m = keras.Model(i, x)
-    with pytest.raises(ValueError, match=r"'lam' of class Lambda.*ignored_layers"):
-        plan_shrink(m, ratio=0.5)
-    plan = plan_shrink(m, ratio=0.5, ignored_layers=["lam"])
+    with pytest.raises(ValueError, match=r"'lam' of class Lambda.*strict=True"):
+        plan_shrink(m, ratio=0.5, strict=True)
+    # by default a layer without a handler keeps its channels and is listed
+    plan = plan_shrink(m, ratio=0.5)
+    assert plan.channels_removed == 0
+    assert plan.unknown_layers == ("lam",)
+    assert "lam" in plan.summary()
+    plan = plan_shrink(m, ratio=0.5, ignored_layers=["lam"], strict=True)
     assert plan.channels_removed == 0
 
 
@@ -215,7 +220,7 @@ def test_subclassed_model_rejected():
 
     m = Sub()
     m(np.zeros((1, 3)))
-    with pytest.raises(ValueError, match="functional or Sequential"):
+    with pytest.raises(ValueError, match="Functional and Sequential"):
         plan_shrink(m, ratio=0.1)
 
 
@@ -228,7 +233,7 @@ def test_criteria_registry_and_l1_random():
         return np.abs(np.asarray(unit.bn.beta))
 
     register_criterion("test_beta", beta_abs)
-    assert get_criterion("test_beta") is beta_abs
+    assert get_criterion("test_beta").fn is beta_abs
     m = small_cnn()
     set_bn(m.get_layer("bn1"), beta=[5, 0, 5, 0, 5, 5, 5, 5])
     plan = plan_shrink(m, ratio=2 / 14, criterion="test_beta")
@@ -294,12 +299,12 @@ def test_wrapped_model_shrinks_to_plain_model():
 
 
 def test_ties_spread_evenly_across_groups():
-    # BN(scale=False) has no gamma: every channel scores 1
+    # freshly initialised gammas are all 1: every channel ties
     i = keras.Input((8, 8, 3))
     x = L.Conv2D(8, 1)(i)
-    x = L.BatchNormalization(scale=False, name="a")(x)
+    x = L.BatchNormalization(name="a")(x)
     x = L.Conv2D(16, 1)(x)
-    x = L.BatchNormalization(scale=False, name="b")(x)
+    x = L.BatchNormalization(name="b")(x)
     m = keras.Model(i, L.Conv2D(2, 1)(x))
     plan = plan_shrink(m, ratio=0.5)
     assert len(plan.bn_keep["a"]) == 4 and len(plan.bn_keep["b"]) == 8

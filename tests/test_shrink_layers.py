@@ -13,7 +13,7 @@ import pytest
 from keras import layers as L
 
 from acsl_tf.pruning.profile import profile
-from acsl_tf.pruning.shrink import plan_shrink, shrink
+from acsl_tf.pruning import plan_shrink, shrink
 
 
 def randomize_bn(model, seed=0):
@@ -47,24 +47,20 @@ def _all_layers(model):
 def zero_and_keep(model, frac=0.4, seed=0):
     """Choose channels to remove per prunable group, zero gamma/beta on them
     in every BN of the group, and return the keep dict for shrink."""
-    plan = plan_shrink(model, ratio=0.0)
+    graph = plan_shrink(model, ratio=0.0)._graph
     rng = np.random.default_rng(seed)
-    an = plan._analysis
-    from acsl_tf.graph.dependency import groups, keep_features
-
     keep_roots = {}
-    for r, src in groups(an).items():
-        if src.fixed is None and src.units and src.size > 1:
-            k = max(1, int(round(src.size * (1 - frac))))
-            keep_roots[r] = np.sort(rng.choice(src.size, k, replace=False))
+    for r, grp in graph.groups.items():
+        if grp.prunable and grp.covered and grp.size > 1:
+            k = max(1, int(round(grp.size * (1 - frac))))
+            keep_roots[r] = np.sort(rng.choice(grp.size, k, replace=False))
     bn_keep = {}
-    layers = {layer.name: layer for layer in _all_layers(model)}
-    for unit, m in an.bn_maps.items():
-        f = keep_features(an, m, keep_roots)
+    for unit_name, unit in graph.units.items():
+        f = graph.keep_features(unit.map, keep_roots)
         if f is None:
             continue
-        bn_keep[unit] = f.tolist()
-        layer = layers[unit]
+        bn_keep[unit_name] = f.tolist()
+        layer = unit.layer
         ws = layer.get_weights()
         mask = np.ones(ws[0].shape[0], bool)
         mask[f] = False

@@ -8,9 +8,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from keras import layers as L
 
-from acsl_tf.graph.dependency import groups, keep_features
 from acsl_tf.pruning.profile import profile
-from acsl_tf.pruning.shrink import plan_shrink, shrink
+from acsl_tf.pruning import plan_shrink, shrink
 
 BLOCKS = ["conv", "residual", "concat", "depthwise", "upsample", "branch_add", "se", "separable"]
 
@@ -78,19 +77,19 @@ def randomize_and_zero(model, rng, frac):
                     rng.uniform(0.5, 2.0, n),
                 ]
             )
-    an = plan_shrink(model, ratio=0.0)._analysis
+    graph = plan_shrink(model, ratio=0.0)._graph
     keep_roots = {}
-    for r, src in groups(an).items():
-        if src.fixed is None and src.units and src.size > 1:
-            k = max(1, int(round(src.size * (1 - frac))))
-            keep_roots[r] = np.sort(rng.choice(src.size, k, replace=False))
+    for r, grp in graph.groups.items():
+        if grp.prunable and grp.covered and grp.size > 1:
+            k = max(1, int(round(grp.size * (1 - frac))))
+            keep_roots[r] = np.sort(rng.choice(grp.size, k, replace=False))
     bn_keep = {}
-    for unit, m in an.bn_maps.items():
-        f = keep_features(an, m, keep_roots)
+    for unit_name, unit in graph.units.items():
+        f = graph.keep_features(unit.map, keep_roots)
         if f is None:
             continue
-        bn_keep[unit] = f.tolist()
-        layer = model.get_layer(unit)
+        bn_keep[unit_name] = f.tolist()
+        layer = unit.layer
         g, b, mm, mv = layer.get_weights()
         mask = np.ones(g.shape[0], bool)
         mask[f] = False

@@ -65,60 +65,78 @@ def _open(path: Path):
     return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
 
 
-def read_idx(path: str | os.PathLike) -> np.ndarray:
+# The largest payload read_idx accepts: the Fashion-MNIST training images are
+# 47 MB; anything above this is a corrupt header or not a Fashion-MNIST file.
+MAX_IDX_BYTES = 1 << 30
+
+
+def read_idx(path: str | os.PathLike, *, max_bytes: int = MAX_IDX_BYTES) -> np.ndarray:
     """Read one IDX file (``.gz`` or uncompressed) of unsigned bytes.
+
+    The header is read and checked first; then exactly the announced number of
+    bytes is read (decompressed), so a corrupt or hostile ``.gz`` file is never
+    decompressed beyond the size its header announces, and that size is bounded
+    by ``max_bytes``.
 
     Args:
         path: File path. Files ending in ``.gz`` are decompressed.
+        max_bytes: Largest payload accepted (default 1 GiB).
 
     Returns:
         A uint8 array whose shape is given by the IDX header (``(N,)`` for
         label files, ``(N, 28, 28)`` for Fashion-MNIST images).
 
     Raises:
-        ValueError: If the magic number is not an unsigned-byte IDX magic, or the
-            payload size does not match the header (truncated or corrupt file).
+        ValueError: If the magic number is not an unsigned-byte IDX magic, the
+            header announces more than ``max_bytes``, or the payload size does
+            not match the header (truncated or corrupt file).
 
     Example:
         >>> y = read_idx("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz")
     """
     path = Path(path)
+    where = f"Received: path={str(path)!r}"
     try:
         with _open(path) as f:
-            raw = f.read()
+            head = f.read(4)
+            if len(head) < 4:
+                raise ValueError(
+                    f"IDX file {str(path)!r} is too short to hold a header ({len(head)} bytes). "
+                    f"{where}"
+                )
+            magic = int.from_bytes(head, "big")
+            ndim = magic & 0xFF
+            if (magic >> 8) != 0x08 or ndim not in (1, 3):
+                raise ValueError(
+                    f"IDX file {str(path)!r} has magic number 0x{magic:08x}; expected "
+                    f"0x{_MAGIC_LABELS:08x} (labels) or 0x{_MAGIC_IMAGES:08x} (images). The file "
+                    f"is not an unsigned-byte IDX file or is corrupt. {where}"
+                )
+            raw_dims = f.read(4 * ndim)
+            if len(raw_dims) < 4 * ndim:
+                raise ValueError(f"IDX file {str(path)!r} has a truncated header. {where}")
+            dims = tuple(int.from_bytes(raw_dims[4 * i : 4 * i + 4], "big") for i in range(ndim))
+            expected = int(np.prod(dims, dtype=np.int64)) if dims else 0
+            if expected > max_bytes:
+                raise ValueError(
+                    f"IDX file {str(path)!r} announces shape {dims} ({expected} bytes), more "
+                    f"than max_bytes={max_bytes}. The header is corrupt, or pass a larger "
+                    f"`max_bytes` for a genuinely larger file. {where}"
+                )
+            raw = f.read(expected)
+            extra = len(f.read(1))
     except (OSError, EOFError) as e:
         raise ValueError(
             f"Could not read the IDX file {str(path)!r} ({e}). The file is corrupt or "
-            f"truncated; delete it and install it again. Received: path={str(path)!r}"
+            f"truncated; delete it and install it again. {where}"
         ) from e
-    if len(raw) < 4:
-        raise ValueError(
-            f"IDX file {str(path)!r} is too short to hold a header ({len(raw)} bytes). "
-            f"Received: path={str(path)!r}"
-        )
-    magic = int.from_bytes(raw[:4], "big")
-    ndim = magic & 0xFF
-    if (magic >> 8) != 0x08 or ndim not in (1, 3):
-        raise ValueError(
-            f"IDX file {str(path)!r} has magic number 0x{magic:08x}; expected 0x{_MAGIC_LABELS:08x} "
-            f"(labels) or 0x{_MAGIC_IMAGES:08x} (images). The file is not an unsigned-byte "
-            f"IDX file or is corrupt. Received: path={str(path)!r}"
-        )
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise ValueError(
-            f"IDX file {str(path)!r} has a truncated header. Received: path={str(path)!r}"
-        )
-    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    expected = int(np.prod(dims)) if dims else 0
-    payload = len(raw) - header
-    if payload != expected:
+    if len(raw) != expected or extra:
+        payload = f"{len(raw)}" if not extra else f"more than {expected}"
         raise ValueError(
             f"IDX file {str(path)!r} holds {payload} data bytes but its header announces "
-            f"shape {dims} ({expected} bytes); the file is truncated or corrupt. "
-            f"Received: path={str(path)!r}"
+            f"shape {dims} ({expected} bytes); the file is truncated or corrupt. {where}"
         )
-    return np.frombuffer(raw, np.uint8, offset=header).reshape(dims).copy()
+    return np.frombuffer(raw, np.uint8).reshape(dims).copy()
 
 
 def write_idx(path: str | os.PathLike, array: np.ndarray, *, overwrite: bool = False) -> None:

@@ -172,8 +172,11 @@ class Distiller(keras.Model):
     the named intermediate feature maps (:func:`acsl_tf.losses.affinity_distillation_loss`);
     the student's maps may have fewer channels than the teacher's.
 
-    The teacher is frozen (``teacher.trainable = False``) and always called
-    with ``training=False``; only the student's trainable weights are updated.
+    The teacher is frozen inside the Distiller: it is always called with
+    ``training=False``, and its weights are left out of the Distiller's
+    ``trainable_weights`` (they appear in ``non_trainable_weights``), so only
+    the student's trainable weights are updated. The teacher object itself is
+    not changed: its ``trainable`` flags stay as they were.
     ``call``/``predict``/``evaluate`` run the student only. The logs contain
     ``loss`` (total), ``task_loss``, ``distill_loss``, ``affinity_loss`` (when
     feature layers are given) and the compiled metrics of the student.
@@ -316,7 +319,6 @@ class Distiller(keras.Model):
         super().__init__(**kwargs)
         self.student = student
         self.teacher = teacher
-        self.teacher.trainable = False
         self.task = task
         self.temperature = temperature
         self.task_weight = task_weight
@@ -342,7 +344,6 @@ class Distiller(keras.Model):
             self._teacher_feature_model = _feature_model(
                 teacher, teacher_features, "teacher", "teacher_features"
             )
-            self._teacher_feature_model.trainable = False
             for sn, tn, so, to in zip(
                 student_features,
                 teacher_features,
@@ -366,6 +367,36 @@ class Distiller(keras.Model):
         self._user_task_loss = None
         if student.built and teacher.built:
             self.built = True
+
+    # ------------------------------------------------------- frozen teacher
+
+    def _teacher_variable_ids(self) -> set:
+        teacher = getattr(self, "teacher", None)
+        return {id(v) for v in teacher.variables} if teacher is not None else set()
+
+    @property
+    def trainable_weights(self):
+        """The trainable weights of the student (the teacher's are excluded)."""
+        frozen = self._teacher_variable_ids()
+        return [v for v in super().trainable_weights if id(v) not in frozen]
+
+    @property
+    def trainable_variables(self):
+        """Same as :attr:`trainable_weights`."""
+        frozen = self._teacher_variable_ids()
+        return [v for v in super().trainable_variables if id(v) not in frozen]
+
+    @property
+    def non_trainable_weights(self):
+        """Every weight that is not in :attr:`trainable_weights`, the teacher's included."""
+        trainable = {id(v) for v in self.trainable_weights}
+        return [v for v in self.weights if id(v) not in trainable]
+
+    @property
+    def non_trainable_variables(self):
+        """Every variable that is not in :attr:`trainable_variables`."""
+        trainable = {id(v) for v in self.trainable_variables}
+        return [v for v in self.variables if id(v) not in trainable]
 
     # ------------------------------------------------------------------ API
 

@@ -223,9 +223,7 @@ class ExportReport:
         return self.summary()
 
 
-def compare_outputs(
-    reference, produced, *, labels=None, quantized_ranges=None
-) -> dict[str, Any]:
+def compare_outputs(reference, produced, *, labels=None, quantized_ranges=None) -> dict[str, Any]:
     """Error statistics between lists of reference and produced output arrays.
 
     Args:

@@ -1,20 +1,23 @@
-"""Channel importance criteria for :func:`acsl_tf.plan_shrink`.
+"""Channel importance criteria, scored on the dependency graph's groups.
 
-A criterion is a callable ``fn(unit) -> np.ndarray`` that receives a
-:class:`UnitContext` (one per BatchNormalization, i.e. per prunable unit)
-and returns one non-negative importance per channel of that BN. Higher means
-more important. Built-ins:
+Two kinds:
 
-- ``"gamma"``: ``|gamma|`` of the BN (Network Slimming / ACSL).
-- ``"l1"``: L1 norm of each output filter of the layer producing the BN's
-  input (Li et al. 2017); falls back to ``|gamma|`` when the BN input has no
-  single Conv/Dense producer (e.g. after a concatenation).
-- ``"l1_layer"``: the ``"l1"`` norms divided by their mean over the unit, so
-  a global ranking removes a similar fraction from every layer (Li et al.
-  prune each layer separately; raw norms ranked globally strip the layers
-  whose filters have small norms, often the early ones).
-- ``"random"``: uniform random scores from ``unit.rng`` (seeded by
-  ``plan_shrink(seed=...)``) — a sanity floor.
+- **Unit criteria** score the channels of one BatchNormalization (a *unit*):
+  ``fn(UnitContext) -> scores``. ``"gamma"`` (``|gamma|``, Network Slimming
+  and ACSL) and ``"cap"`` are of this kind, and so is any plain callable you
+  pass. A group's score combines its units' scores; only groups **covered**
+  by their gammas (see :mod:`acsl_tf.graph.dependency`) can be pruned this
+  way, since only there zero gammas make removal exact.
+- **Weight criteria** score a group from the weights of the layers that
+  produce its channels (``LayerHandler.kernel_view``), so they work without
+  BatchNormalization: ``"l1"``, ``"l2"`` (filter norms, Li et al. 2017),
+  ``"fpgm"`` (distance to the other filters, the geometric-median criterion
+  of He et al. 2019), ``"l1_layer"`` (``"l1"`` divided by its mean in each
+  producer) and ``"random"``.
+
+Options (``WeightCriterion(norm, reduction=..., normalize=...)``): the group
+reduction over several producers (``"mean"``, ``"max"``, ``"sum"``,
+``"prod"``) and per-layer normalisation (``None``, ``"mean"``, ``"max"``).
 
 Register more with :func:`register_criterion`.
 """
@@ -27,20 +30,30 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["UnitContext", "register_criterion", "get_criterion", "list_criteria"]
+__all__ = [
+    "UnitContext",
+    "Criterion",
+    "UnitCriterion",
+    "WeightCriterion",
+    "register_criterion",
+    "get_criterion",
+    "list_criteria",
+]
+
+REDUCTIONS = ("mean", "max", "sum", "prod")
+NORMALIZATIONS = (None, "mean", "max")
 
 
 @dataclass(frozen=True)
 class UnitContext:
-    """What a criterion sees for one prunable unit.
+    """What a unit criterion sees for one BatchNormalization.
 
     Attributes:
-        name: The BatchNormalization's name (the key used by ``keep=``).
+        name: The unit's name (the key used by ``keep=``).
         bn: The ``keras.layers.BatchNormalization`` layer.
         producer: The Conv/Dense layer whose output the BN normalises, or
             None (several producers, e.g. after a concatenation).
-        wrapper: The ``acsl_tf.PruneLowCorrelation`` wrapper around ``bn`` when
-            the model is wrapped, else None.
+        wrapper: The ``acsl_tf.PruneLowCorrelation`` wrapper, else None.
         model: The model being planned.
         rng: A ``numpy.random.Generator`` seeded from ``seed``.
     """
@@ -57,80 +70,220 @@ class UnitContext:
         """``|gamma|`` as float64 (ones when the BN has ``scale=False``)."""
         g = getattr(self.bn, "gamma", None)
         if g is None:
-            n = int(self.bn.moving_mean.shape[0])
-            return np.ones(n)
+            return np.ones(int(self.bn.moving_mean.shape[0]))
         return np.abs(np.asarray(g, dtype=np.float64))
+
+
+class Criterion:
+    """Base class. ``needs_gamma`` says whether the criterion scores BN
+    units (then only gamma-covered groups are prunable)."""
+
+    name = "criterion"
+    needs_gamma = False
+
+    def group_scores(self, graph, roots, *, reduction: str, rng) -> dict:
+        """``{root: per-channel scores}`` for the given groups."""
+        raise NotImplementedError
+
+
+class UnitCriterion(Criterion):
+    """Scores each unit with ``fn(UnitContext)`` and reduces over a group's
+    units (``"mean"`` for ranking, ``"max"`` for thresholds)."""
+
+    needs_gamma = True
+
+    def __init__(self, fn: Callable, name: str | None = None):
+        self.fn = fn
+        self.name = name or getattr(fn, "__name__", "custom")
+
+    def __call__(self, unit: UnitContext) -> np.ndarray:
+        return self.fn(unit)
+
+    def unit_scores(self, graph, rng) -> dict:
+        out = {}
+        for name, unit in graph.units.items():
+            producer = None
+            m = unit.map
+            if len(m.sources) == 1 and m.reps == 1:
+                g = graph.groups.get(graph.find(m.sources[0]))
+                if g is not None and len(g.producers) == 1:
+                    p = g.producers[0]
+                    if getattr(p, "weights", None):
+                        producer = p
+            ctx = UnitContext(name, unit.layer, producer, unit.wrapper, graph.model, rng)
+            s = np.asarray(self.fn(ctx), dtype=np.float64).reshape(-1)
+            n = graph.size(m)
+            if s.shape[0] != n:
+                raise ValueError(
+                    f"Criterion {self.name!r} returned {s.shape[0]} scores for unit {name!r}, "
+                    f"which has {n} channels."
+                )
+            if not np.all(np.isfinite(s)):
+                bad = int((~np.isfinite(s)).sum())
+                raise ValueError(
+                    f"Criterion {self.name!r} gave {bad} non-finite score(s) for unit {name!r} "
+                    "(NaN or inf gammas: the training diverged). Fix the weights, or pass "
+                    f"ignored_layers=[{name!r}] to keep its channels. Received: unit={name!r}"
+                )
+            out[name] = s
+        return out
+
+    def group_scores(self, graph, roots, *, reduction, rng):
+        us = self.unit_scores(graph, rng)
+        res = {}
+        for r in roots:
+            size = graph.groups[r].size
+            vals = [us[u][off : off + size] for u, off in graph.unit_offsets(r)]
+            res[r] = _reduce(np.stack(vals), reduction)
+        return res
+
+
+class WeightCriterion(Criterion):
+    """Scores a group from its producers' weights.
+
+    Args:
+        norm: ``"l1"``, ``"l2"``, ``"fpgm"`` or ``"random"``.
+        reduction: How the scores of several producers of one group combine
+            (``"mean"``, ``"max"``, ``"sum"``, ``"prod"``).
+        normalize: Divide each producer's scores by their ``"mean"`` /
+            ``"max"`` first (None: raw).
+        name: Registered name.
+    """
+
+    needs_gamma = False
+
+    def __init__(self, norm: str, *, reduction: str = "mean", normalize=None, name=None):
+        if norm not in ("l1", "l2", "fpgm", "random"):
+            raise ValueError(
+                f"norm must be one of 'l1', 'l2', 'fpgm', 'random'. Received: norm={norm!r}"
+            )
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be one of {REDUCTIONS}. Received: {reduction!r}")
+        if normalize not in NORMALIZATIONS:
+            raise ValueError(
+                f"normalize must be one of {NORMALIZATIONS}. Received: normalize={normalize!r}"
+            )
+        self.norm = norm
+        self.reduction = reduction
+        self.normalize = normalize
+        self.name = name or norm
+
+    def producer_scores(self, graph, op) -> np.ndarray | None:
+        h = graph.handler(op)
+        k = h.kernel_view(op) if h is not None else None
+        if k is None:
+            return None
+        k = np.asarray(k, np.float64)
+        if not np.all(np.isfinite(k)):
+            raise ValueError(
+                f"Layer {graph.name(op)!r} has NaN or inf weights; a weight criterion cannot "
+                "rank its channels. Received: layer=" + repr(graph.name(op))
+            )
+        if self.norm == "l1":
+            s = np.abs(k).sum(axis=1)
+        elif self.norm == "l2":
+            s = np.sqrt((k * k).sum(axis=1))
+        else:  # fpgm: summed distance to the other filters
+            sq = (k * k).sum(axis=1)
+            d2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * k @ k.T, 0.0)
+            s = np.sqrt(d2).sum(axis=1)
+        if self.normalize:
+            ref = float(s.mean() if self.normalize == "mean" else s.max())
+            s = s / ref if ref > 0 else np.ones_like(s)
+        return s
+
+    def group_scores(self, graph, roots, *, reduction, rng):
+        res = {}
+        for r in roots:
+            g = graph.groups[r]
+            if self.norm == "random":
+                res[r] = rng.random(g.size)
+                continue
+            vals = []
+            for op in g.producers:
+                s = self.producer_scores(graph, op)
+                if s is not None and s.shape[0] == g.size:
+                    vals.append(s)
+            if not vals:
+                raise ValueError(
+                    f"Criterion {self.name!r} found no producer weights to score a group of "
+                    f"{g.size} channels ({', '.join(n for n, _ in g.members[:4])}). Use "
+                    "criterion='gamma', or add its layers to ignored_layers."
+                )
+            res[r] = _reduce(np.stack(vals), self.reduction)
+        return res
+
+
+def _reduce(stack, how):
+    if how == "max":
+        return stack.max(axis=0)
+    if how == "sum":
+        return stack.sum(axis=0)
+    if how == "prod":
+        return stack.prod(axis=0)
+    return stack.mean(axis=0)
 
 
 def _gamma(unit: UnitContext) -> np.ndarray:
     return unit.gamma
 
 
-def _l1(unit: UnitContext) -> np.ndarray:
-    p = unit.producer
-    n = unit.gamma.shape[0]
-    if p is None or not getattr(p, "weights", None):
-        return unit.gamma
-    k = np.asarray(p.weights[0])
-    if type(p).__name__.endswith("Transpose"):
-        k = np.swapaxes(k, -1, -2)
-    if type(p).__name__.startswith("Separable"):
-        k = np.asarray(p.weights[1])
-    s = np.abs(k).reshape(-1, k.shape[-1]).sum(axis=0)
-    if s.shape[0] != n:
-        return unit.gamma
-    return s
+_CRITERIA: dict = {
+    "gamma": UnitCriterion(_gamma, "gamma"),
+    "l1": WeightCriterion("l1"),
+    "l2": WeightCriterion("l2"),
+    "fpgm": WeightCriterion("fpgm"),
+    "l1_layer": WeightCriterion("l1", normalize="mean", name="l1_layer"),
+    "random": WeightCriterion("random"),
+}
 
 
-def _l1_layer(unit: UnitContext) -> np.ndarray:
-    s = _l1(unit)
-    m = float(s.mean()) if s.size else 0.0
-    return s / m if m > 0 else np.ones_like(s)
-
-
-def _random(unit: UnitContext) -> np.ndarray:
-    return unit.rng.random(unit.gamma.shape[0])
-
-
-_CRITERIA: dict = {"gamma": _gamma, "l1": _l1, "l1_layer": _l1_layer, "random": _random}
-
-
-def register_criterion(name: str, fn: Callable) -> None:
+def register_criterion(name: str, fn) -> None:
     """Register an importance criterion under ``name``.
 
     Args:
         name: Name to use as ``plan_shrink(criterion=name)``.
-        fn: ``fn(unit: UnitContext) -> np.ndarray`` of per-channel
-            importances (higher = keep).
+        fn: A :class:`Criterion`, or ``fn(unit: UnitContext) -> scores`` (a
+            unit criterion: higher = keep).
 
     Raises:
-        ValueError: If ``name`` is not a non-empty string or ``fn`` is not
-            callable.
+        TypeError: If ``name`` is not a string or ``fn`` is not callable.
+        ValueError: If ``name`` is empty.
 
     Example:
         >>> def bn_beta(unit):
         ...     return np.abs(np.asarray(unit.bn.beta))
         >>> acsl_tf.criteria.register_criterion("beta", bn_beta)
     """
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"Criterion name must be a non-empty string. Received: name={name!r}")
-    if not callable(fn):
-        raise ValueError(f"Criterion must be callable. Received: fn={fn!r}")
-    _CRITERIA[name] = fn
+    if not isinstance(name, str):
+        raise TypeError(f"Criterion name must be a string. Received: name={name!r}")
+    if not name:
+        raise ValueError(f"Criterion name must be non-empty. Received: name={name!r}")
+    if not isinstance(fn, Criterion) and not callable(fn):
+        raise TypeError(f"Criterion must be callable or a Criterion. Received: fn={fn!r}")
+    _CRITERIA[name] = fn if isinstance(fn, Criterion) else UnitCriterion(fn, name)
 
 
-def get_criterion(name_or_callable) -> Callable:
-    """Resolve a criterion name (or pass a callable through).
+def get_criterion(name_or_callable) -> Criterion:
+    """Resolve a criterion name, callable or :class:`Criterion`.
 
     Raises:
         ValueError: For an unknown name (lists the registered ones).
+        TypeError: For anything else.
     """
-    if callable(name_or_callable):
+    if isinstance(name_or_callable, Criterion):
         return name_or_callable
-    if name_or_callable in _CRITERIA:
-        return _CRITERIA[name_or_callable]
-    raise ValueError(
-        f"Unknown criterion. Registered: {sorted(_CRITERIA)}; or pass a callable. "
+    if isinstance(name_or_callable, str):
+        if name_or_callable in _CRITERIA:
+            return _CRITERIA[name_or_callable]
+        raise ValueError(
+            f"Unknown criterion. Registered: {sorted(_CRITERIA)}; or pass a callable. "
+            f"Received: criterion={name_or_callable!r}"
+        )
+    if callable(name_or_callable):
+        return UnitCriterion(name_or_callable)
+    raise TypeError(
+        "criterion must be a name, a callable fn(UnitContext) or a Criterion. "
         f"Received: criterion={name_or_callable!r}"
     )
 

@@ -13,85 +13,32 @@ Convention (batch size 1):
 - Parameters = every weight, trainable or not (BN moving statistics
   included), each shared layer counted once — the same as
   ``model.count_params()``.
+
+The MACs and FLOPs of each layer come from its handler
+(:mod:`acsl_tf.graph.handlers`), the same object that prunes it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import keras
 import numpy as np
 
-from acsl_tf.graph import dependency as _graph
+from acsl_tf.graph import handlers as _handlers
+from acsl_tf.graph.trace import trace_model
 
 __all__ = ["Profile", "LayerProfile", "profile", "call_cost"]
 
-L = keras.layers
 
-_ACTIVATION_OPS = {
-    "Relu", "Relu6", "Sigmoid", "HardSigmoid", "HardSilu", "Silu", "Gelu", "Elu", "Selu",
-    "Celu", "Softplus", "Softsign", "LeakyRelu", "LogSigmoid", "HardTanh", "Tanh",
-    "Softmax", "Exp", "Sqrt", "Square", "Abs", "Absolute", "Negative", "Clip",
-}  # fmt: skip
-_MERGE_OPS = {"Add", "Subtract", "Multiply", "Divide", "TrueDivide", "Maximum", "Minimum", "Power"}
-
-
-def _n(shape) -> int:
-    """Elements of one sample (batch dim dropped; unknown dims count 1)."""
-    return int(np.prod([d if d is not None else 1 for d in shape[1:]])) if shape else 1
-
-
-def call_cost(op, in_shapes: list, out_shapes: list) -> tuple[int, int]:
-    """``(macs, flops)`` of one call of ``op`` with the given shapes."""
-    o = out_shapes[0] if out_shapes else ()
-    if isinstance(op, (L.SeparableConv1D, L.SeparableConv2D)):
-        ks = int(np.prod(op.kernel_size))
-        cin = in_shapes[0][-1]
-        m = op.depth_multiplier
-        sp = _n(o) // max(o[-1], 1)
-        macs = sp * cin * m * ks + sp * cin * m * o[-1]
-        return macs, 2 * macs
-    if isinstance(op, (L.DepthwiseConv1D, L.DepthwiseConv2D)):
-        macs = _n(o) * int(np.prod(op.kernel_size))
-        return macs, 2 * macs
-    if isinstance(op, (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose)):
-        macs = _n(in_shapes[0]) * int(np.prod(op.kernel_size)) * o[-1]
-        return macs, 2 * macs
-    if isinstance(op, (L.Conv1D, L.Conv2D, L.Conv3D)):
-        cin = in_shapes[0][-1]
-        macs = _n(o) * int(np.prod(op.kernel_size)) * (cin // op.groups)
-        return macs, 2 * macs
-    if isinstance(op, L.Dense):
-        macs = _n(in_shapes[0]) * o[-1]
-        return macs, 2 * macs
-    if isinstance(op, (L.BatchNormalization, L.LayerNormalization, L.GroupNormalization)):
-        return 0, _n(o)
-    if _graph._is_wrapped_bn(op):
-        return 0, _n(o)
-    if isinstance(
-        op,
-        (
-            L.Activation, L.ReLU, L.LeakyReLU, L.ELU, L.PReLU, L.Softmax,
-        ),
-    ):  # fmt: skip
-        return 0, _n(o)
-    pools = (
-        L.MaxPooling1D, L.MaxPooling2D, L.MaxPooling3D, L.AveragePooling1D, L.AveragePooling2D,
-        L.AveragePooling3D, L.GlobalAveragePooling1D, L.GlobalAveragePooling2D,
-        L.GlobalAveragePooling3D, L.GlobalMaxPooling1D, L.GlobalMaxPooling2D,
-        L.GlobalMaxPooling3D,
-    )  # fmt: skip
-    if isinstance(op, pools):
-        return 0, _n(in_shapes[0])
-    if isinstance(op, (L.Add, L.Subtract, L.Multiply, L.Average, L.Maximum, L.Minimum)):
-        return 0, max(len(in_shapes) - 1, 1) * _n(o)
-    cls = type(op).__name__
-    if not isinstance(op, L.Layer):
-        if cls in _ACTIVATION_OPS:
-            return 0, _n(o)
-        if cls in _MERGE_OPS:
-            return 0, _n(o)
-    return 0, 0
+def call_cost(op, in_shapes: list, out_shapes: list, registry=None) -> tuple[int, int]:
+    """``(macs, flops)`` of one call of ``op`` with the given shapes (from
+    the op's handler; 0 for operations without one)."""
+    reg = registry if registry is not None else _handlers.default_registry()
+    h = reg.lookup(op)
+    if h is None:
+        return 0, 0
+    macs, flops = h.cost(op, in_shapes, out_shapes)
+    return int(macs), int(flops)
 
 
 @dataclass(frozen=True)
@@ -145,7 +92,7 @@ class Profile:
         return self.summary()
 
 
-def profile(model, trace=None) -> Profile:
+def profile(model, trace=None, *, handlers=None, graph=None) -> Profile:
     """Count parameters, MACs and FLOPs of a functional / Sequential model.
 
     Nested functional models are recursed into and raw ``keras.ops`` calls are
@@ -155,6 +102,10 @@ def profile(model, trace=None) -> Profile:
     Args:
         model: A built functional or Sequential ``keras.Model``.
         trace: Optional pre-computed :func:`acsl_tf.graph.trace_model` result.
+        handlers: Optional ``{layer class: LayerHandler}`` for layers of your
+            own (scoped to this call).
+        graph: Optional :class:`acsl_tf.graph.DependencyGraph` of ``model``
+            (its trace and handlers are reused).
 
     Returns:
         A :class:`Profile`.
@@ -164,25 +115,28 @@ def profile(model, trace=None) -> Profile:
         >>> print(p.total_params, p.total_flops)
         >>> print(p.summary())
     """
-    tr = trace if trace is not None else _graph.trace_model(model)
+    if trace is None and handlers is None and graph is not None:
+        trace = graph.trace
+    tr = trace if trace is not None else trace_model(model)
+    reg = graph.registry if graph is not None else _handlers.default_registry().copy()
+    for cls, h in dict(handlers or {}).items():
+        reg.register(cls, h)
     rows: dict = {}
     order = []
-    seen_params = set()
+    for op in tr.all_ops:
+        p = int(sum(int(np.prod(w.shape)) for w in getattr(op, "weights", [])))
+        rows[id(op)] = [tr.names.get(id(op), op.name), type(op).__name__, p, 0, 0, ()]
+        order.append(id(op))
     for call in tr.calls:
         op = call.op
         ins = [tr.shapes[k] for k in call.in_keys]
         outs = [tr.shapes[k] for k in call.out_keys]
-        macs, flops = call_cost(op, ins, outs)
-        key = id(op)
-        if key not in rows:
-            p = 0
-            if isinstance(op, L.Layer) and key not in seen_params:
-                p = int(sum(int(np.prod(w.shape)) for w in op.weights))
-                seen_params.add(key)
-            rows[key] = [op.name, type(op).__name__, p, 0, 0, outs[0] if outs else ()]
-            order.append(key)
-        rows[key][3] += macs
-        rows[key][4] += flops
+        macs, flops = call_cost(op, ins, outs, reg)
+        row = rows[id(op)]
+        row[3] += macs
+        row[4] += flops
+        if not row[5] and outs:
+            row[5] = outs[0]
     layers = tuple(
         LayerProfile(r[0], r[1], r[2], r[3], r[4], tuple(r[5])) for r in (rows[k] for k in order)
     )

@@ -3,112 +3,48 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import keras
 
-from acsl_tf import _keras
+from acsl_tf import _keras, _validation
+from acsl_tf.graph.dependency import DependencyGraph
 from acsl_tf.sparsity.wrapper import STATISTICS_ACTIVATIONS, PruneLowCorrelation
-
-#: Layers whose output channels a following BatchNormalization scales.
-PRODUCER_CLASSES = (
-    keras.layers.Conv1D,
-    keras.layers.Conv2D,
-    keras.layers.Conv3D,
-    keras.layers.Conv1DTranspose,
-    keras.layers.Conv2DTranspose,
-    keras.layers.Conv3DTranspose,
-    keras.layers.DepthwiseConv1D,
-    keras.layers.DepthwiseConv2D,
-    keras.layers.SeparableConv1D,
-    keras.layers.SeparableConv2D,
-    keras.layers.Dense,
-)
 
 
 def _check_model(model, fn_name):
-    if not isinstance(model, keras.Model):
-        raise ValueError(
-            f"{fn_name} expects a keras.Model (Functional or Sequential). "
-            f"Received: model of type {type(model).__name__}"
-        )
-    if not _keras.is_functional(model):
-        raise ValueError(
-            f"{fn_name} works on Functional and Sequential models, whose layer graph can be "
-            f"read and cloned. {model.name!r} is a subclassed model "
-            f"({type(model).__name__}). Rebuild it with the functional API "
-            "(keras.Input -> layers -> keras.Model), or apply the function to the "
-            "functional sub-models it contains."
-        )
-    try:
-        has_inputs = bool(model.built and model.inputs)
-    except (AttributeError, ValueError):
-        has_inputs = False
-    if not has_inputs:
-        raise ValueError(
-            f"{fn_name} needs a built model with known inputs; call the model on data or "
-            f"give the Sequential model an Input first. Received: model={model.name!r}"
-        )
+    _keras.check_graph_model(model, fn_name)
 
 
-def _graph(model):
-    """``(inbound, consumers)`` name maps of one (non-nested) graph level."""
-    layers = list(model.layers)
-    inbound = {layer.name: [] for layer in layers}
-    if isinstance(model, keras.Sequential):
-        for prev, layer in zip(layers, layers[1:]):
-            inbound[layer.name].append(prev.name)
-    else:
-        for lc in model.get_config()["layers"]:
-            for node in lc.get("inbound_nodes", []):
-                for name, _, _ in _keras.inbound_keras_tensors(node):
-                    inbound.setdefault(lc["name"], []).append(name)
-    consumers = {name: [] for name in inbound}
-    for name, parents in inbound.items():
-        for p in parents:
-            consumers.setdefault(p, []).append(name)
-    return inbound, consumers
-
-
-def find_units(model, *, ignored_layers: Iterable[str] = (), pruning_policy=None):
-    """Prunable units of a model, recursing into nested models.
-
-    A unit is a ``BatchNormalization`` with ``scale=True`` whose input is the
-    output of a convolution or Dense layer.
+def find_units(model, *, ignored_layers=(), pruning_policy=None, handlers=None, graph=None):
+    """The BatchNormalization units that sparsity training wraps: exactly the
+    units of the groups the dependency graph calls prunable by gamma
+    (covered, not fixed), wherever they sit (after a Conv/Dense, an Add or a
+    Concatenate), nested models included.
 
     Returns:
         dict ``{id(bn): (bn, feature_activation_config_or_None)}``.
     """
-    ignored = set(ignored_layers)
+    if graph is None:
+        graph = DependencyGraph(model, ignored_layers=ignored_layers, handlers=handlers)
+    readers: dict = {}
+    for call in graph.trace.calls:
+        for k in call.in_keys:
+            readers.setdefault(k, []).append(call)
     units = {}
-
-    def visit(m):
-        by_name = {layer.name: layer for layer in m.layers}
-        inbound, consumers = _graph(m)
-        for layer in m.layers:
-            if isinstance(layer, keras.Model):
-                visit(layer)
-                continue
-            if not isinstance(layer, keras.layers.BatchNormalization) or not layer.scale:
-                continue
-            if isinstance(layer, PruneLowCorrelation):
-                continue
-            parents = inbound.get(layer.name, [])
-            if len(parents) != 1 or not isinstance(by_name.get(parents[0]), PRODUCER_CLASSES):
-                continue
-            if layer.name in ignored or parents[0] in ignored:
-                continue
-            if pruning_policy is not None and not pruning_policy(layer):
-                continue
-            act = None
-            cons = consumers.get(layer.name, [])
-            if len(cons) == 1:
-                nxt = by_name.get(cons[0])
-                if type(nxt).__name__ in STATISTICS_ACTIVATIONS:
-                    act = keras.saving.serialize_keras_object(nxt)
-            units[id(layer)] = (layer, act)
-
-    visit(model)
+    for unit in graph.prunable_units(need_cover=True):
+        bn = unit.layer
+        if unit.wrapper is not None or isinstance(bn, PruneLowCorrelation):
+            continue
+        if pruning_policy is not None and not pruning_policy(bn):
+            continue
+        act = None
+        calls = [c for c in graph.trace.calls if c.op is bn]
+        if len(calls) == 1:
+            nxt = readers.get(calls[0].out_keys[0], [])
+            if len(nxt) == 1 and type(nxt[0].op).__name__ in STATISTICS_ACTIVATIONS:
+                act = keras.saving.serialize_keras_object(nxt[0].op)
+        units[id(bn)] = (bn, act)
     return units
 
 
@@ -127,63 +63,47 @@ def get_wrappers(model) -> list[PruneLowCorrelation]:
     return found
 
 
-def _source_lookup(model):
-    """Name -> layer map of a (possibly wrapped) model, in which a wrapper is
-    also reachable by its inner layer's name."""
-    lookup = {}
-    for layer in model.layers:
-        lookup[layer.name] = layer
-        if isinstance(layer, PruneLowCorrelation):
-            lookup[layer.layer.name] = layer.layer
-    return lookup
-
-
-def _copy_weights(src, dst, *, copy_state: bool):
-    """Copy weights from ``src`` to the clone ``dst`` layer by layer, by name."""
-    lookup = _source_lookup(src)
-    for layer in dst.layers:
-        if isinstance(layer, keras.layers.InputLayer):
-            continue
-        if isinstance(layer, keras.Model):
-            _copy_weights(lookup[layer.name], layer, copy_state=copy_state)
-            continue
-        if isinstance(layer, PruneLowCorrelation):
-            source = lookup.get(layer.name)
-            if copy_state and isinstance(source, PruneLowCorrelation):
-                layer.set_weights(source.get_weights())
-            else:
-                layer.layer.set_weights(lookup[layer.layer.name].get_weights())
-            continue
-        source = lookup[layer.name]
-        if isinstance(source, PruneLowCorrelation):
-            source = source.layer
-        layer.set_weights(source.get_weights())
-
-
 def _clone(model, clone_function):
+    """Clone through ``keras.models.clone_model``; returns ``(clone, sources)``
+    where ``sources`` maps ``id(new layer)`` to the layer whose weights it
+    takes (by object, never by name)."""
+    sources: dict = {}
+
+    def fn(layer):
+        new, src = clone_function(layer)
+        if new is not layer:
+            sources[id(new)] = (new, src)
+        return new
+
     input_tensors = None
     if not isinstance(model, keras.Sequential):
-        input_tensors = [
+        new_inputs = [
             keras.Input(batch_shape=t.shape, dtype=t.dtype, name=layer.name)
-            for t, layer in zip(model.inputs, _input_layers(model))
+            for t, layer in zip(model.inputs, _keras.input_layers(model))
         ]
-        if len(input_tensors) == 1:
-            input_tensors = input_tensors[0]
-    clone = keras.models.clone_model(
-        model, input_tensors=input_tensors, clone_function=clone_function, recursive=True
-    )
-    if isinstance(clone, keras.Sequential):
-        # A functional model over the same layers: one graph API downstream.
-        clone = keras.Model(clone.inputs, clone.outputs, name=clone.name)
+        input_tensors = _keras.pack_inputs(model, new_inputs)
+    with _keras.unsafe_deserialization():
+        clone = keras.models.clone_model(
+            model, input_tensors=input_tensors, clone_function=fn, recursive=True
+        )
+    for new, src in sources.values():
+        if isinstance(src, _InnerWeights):
+            src.set_into(new)
+            continue
+        ws = src.get_weights()
+        if ws:
+            new.set_weights(ws)
     return clone
 
 
-def _input_layers(model):
-    return _keras.input_layers(model)
-
-
 def _default_clone(layer):
-    return layer.__class__.from_config(layer.get_config())
+    if isinstance(layer, keras.layers.InputLayer):
+        return layer, layer
+    new = layer.__class__.from_config(layer.get_config())
+    act = getattr(layer, "activation", None)
+    if callable(act) and not (getattr(act, "__module__", "") or "").startswith("keras."):
+        new.activation = act  # Python callables survive without a config round trip
+    return new, layer
 
 
 def prune_low_correlation(
@@ -202,8 +122,9 @@ def prune_low_correlation(
     schedule=None,
     target=None,
     method: str = "acsl",
-    ignored_layers: Iterable[str] = (),
+    ignored_layers=(),
     pruning_policy: Callable[[keras.layers.Layer], bool] | None = None,
+    handlers=None,
 ) -> keras.Model:
     """Wrap every prunable unit of a model for ACSL sparsity training.
 
@@ -236,6 +157,8 @@ def prune_low_correlation(
             leave unwrapped.
         pruning_policy: optional ``fn(bn_layer) -> bool``; units for which it
             returns False are left unwrapped.
+        handlers: ``{layer class: LayerHandler}`` for layers of your own
+            (scoped to this call; see docs/SHRINK.md).
 
     Returns:
         A new functional ``keras.Model`` with the same inputs, outputs and
@@ -275,15 +198,15 @@ def prune_low_correlation(
             f"Model {model.name!r} is already wrapped by prune_low_correlation. Call "
             "acsl_tf.strip_pruning(model) first if you want to re-wrap it with new settings."
         )
-    ignored_layers = list(ignored_layers)
-    names = {layer.name for layer in _all_layers(model)}
-    missing = [n for n in ignored_layers if n not in names]
-    if missing:
-        raise ValueError(
-            f"`ignored_layers` names layers that are not in the model: {missing}. "
-            f"Received: ignored_layers={ignored_layers}"
+    ignored_layers = _validation.names(ignored_layers, "ignored_layers")
+    if pruning_policy is not None and not callable(pruning_policy):
+        raise TypeError(
+            "pruning_policy must be a callable fn(bn_layer) -> bool or None. "
+            f"Received: pruning_policy={pruning_policy!r}"
         )
-    units = find_units(model, ignored_layers=ignored_layers, pruning_policy=pruning_policy)
+    units = find_units(
+        model, ignored_layers=ignored_layers, pruning_policy=pruning_policy, handlers=handlers
+    )
     if not units:
         raise ValueError(
             f"Model {model.name!r} has no prunable unit: acsl_tf prunes the channels that a "
@@ -315,23 +238,11 @@ def prune_low_correlation(
         if id(layer) in units:
             bn, act = units[id(layer)]
             inner = bn.__class__.from_config(bn.get_config())
-            return PruneLowCorrelation(inner, feature_activation=act, **options)
+            wrapper = PruneLowCorrelation(inner, feature_activation=act, **options)
+            return wrapper, _InnerWeights(inner, bn)
         return _default_clone(layer)
 
-    wrapped = _clone(model, clone_function)
-    _copy_weights(model, wrapped, copy_state=False)
-    return wrapped
-
-
-def _all_layers(model):
-    out = []
-    for layer in model.layers:
-        out.append(layer)
-        if isinstance(layer, keras.Model):
-            out.extend(_all_layers(layer))
-        elif isinstance(layer, keras.layers.Wrapper):
-            out.append(layer.layer)
-    return out
+    return _clone(model, clone_function)
 
 
 def strip_pruning(model: keras.Model) -> keras.Model:
@@ -353,10 +264,21 @@ def strip_pruning(model: keras.Model) -> keras.Model:
 
     def clone_function(layer):
         if isinstance(layer, PruneLowCorrelation):
-            inner = layer.layer
-            return inner.__class__.from_config(inner.get_config())
+            return _default_clone(layer.layer)
         return _default_clone(layer)
 
-    stripped = _clone(model, clone_function)
-    _copy_weights(model, stripped, copy_state=False)
-    return stripped
+    return _clone(model, clone_function)
+
+
+class _InnerWeights:
+    """Weight source for a new wrapper: its inner BN takes the BN's weights
+    (the wrapper's own state starts fresh)."""
+
+    def __init__(self, inner, bn):
+        self.inner, self.bn = inner, bn
+
+    def get_weights(self):
+        return self.bn.get_weights()
+
+    def set_into(self, wrapper):
+        self.inner.set_weights(self.bn.get_weights())

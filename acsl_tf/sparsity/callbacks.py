@@ -4,9 +4,15 @@ summaries of the sparsity state."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import keras
 import numpy as np
+
+try:  # Keras' own console output (absl logging when interactive logging is off)
+    from keras.src.utils.io_utils import print_msg as _print_msg
+except ImportError:  # pragma: no cover - private module moved
+    _print_msg = print
 
 from acsl_tf.sparsity.api import get_wrappers
 
@@ -21,7 +27,109 @@ def _wrappers_or_raise(model, who):
     return wrappers
 
 
-class BudgetStrength(keras.callbacks.Callback):
+def _number(name, value, *, lo=None, hi=None, lo_open=False, hi_open=False):
+    """A finite float in the given range: TypeError for a non-number,
+    ValueError for a bad value, both ending in ``Received: name=value``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"`{name}` must be a number. Received: {name}={value!r}")
+    value = float(value)
+    bad = not math.isfinite(value)
+    if not bad and lo is not None:
+        bad = value <= lo if lo_open else value < lo
+    if not bad and hi is not None:
+        bad = value >= hi if hi_open else value > hi
+    if bad:
+        lo_s = "(-inf" if lo is None else ("(" if lo_open else "[") + f"{lo:g}"
+        hi_s = "inf)" if hi is None else f"{hi:g}" + (")" if hi_open else "]")
+        raise ValueError(
+            f"`{name}` must be a finite number in {lo_s}, {hi_s}. Received: {name}={value!r}"
+        )
+    return value
+
+
+def _print(callback, message):
+    """Print through Keras' I/O path; after a progress bar (verbose=1) start on
+    a new line, as Keras' own callbacks do, so the lines do not collide."""
+    verbose = (callback.params or {}).get("verbose")
+    _print_msg(("\n" if verbose == 1 else "") + message)
+
+
+class _PenaltyLogs:
+    """Adds ``penalty_loss``/``task_loss`` (and ``val_*``) to the epoch logs.
+
+    Keras' ``loss`` is the task loss plus the penalties that the wrappers add.
+    The wrappers sum their penalty over the training steps (weighted by batch
+    size, as Keras weights ``loss``), so the mean over the epoch is exact; in
+    evaluation the weights do not change, so the penalty is the current one.
+    """
+
+    def _penalty_begin(self):
+        self._pen_start = self._penalty_totals()
+
+    def _penalty_totals(self):
+        total = np.zeros(2)
+        for w in self._wrappers:
+            total += np.asarray(keras.ops.convert_to_numpy(w.penalty_total), "float64")
+        return total
+
+    def _penalty_now(self):
+        return float(sum(float(keras.ops.convert_to_numpy(w.penalty_loss())) for w in self._wrappers))
+
+    def _penalty_logs(self, logs):
+        if logs is None:
+            return
+        start = getattr(self, "_pen_start", None)
+        if start is not None:
+            weighted, samples = self._penalty_totals() - start
+            if samples > 0:
+                penalty = weighted / samples
+                logs["penalty_loss"] = penalty
+                if "loss" in logs:
+                    logs["task_loss"] = float(logs["loss"]) - penalty
+        if "val_loss" in logs:
+            penalty = self._penalty_now()
+            logs["val_penalty_loss"] = penalty
+            logs["val_task_loss"] = float(logs["val_loss"]) - penalty
+
+
+class PenaltyMetrics(_PenaltyLogs, keras.callbacks.Callback):
+    """Logs the sparsity penalty apart from the task loss.
+
+    Keras' ``loss`` and ``val_loss`` include the penalty that the wrappers
+    add, so they grow with the strength. This callback adds to the epoch logs
+    ``penalty_loss`` (the mean penalty over the epoch's steps), ``task_loss``
+    (``loss`` without it) and, with validation data, ``val_penalty_loss`` and
+    ``val_task_loss``. Monitor ``val_task_loss`` in ``ModelCheckpoint`` or
+    ``EarlyStopping`` and list this callback before them.
+    :class:`BudgetStrength` logs the same values; it needs no extra callback.
+
+    Example:
+
+    ```python
+    model.fit(x, y, validation_data=(xv, yv), callbacks=[
+        acsl_tf.callbacks.PenaltyMetrics(),
+        keras.callbacks.ModelCheckpoint("best.keras", monitor="val_task_loss"),
+    ])
+    ```
+    """
+
+    def on_train_begin(self, logs=None):
+        self._wrappers = _wrappers_or_raise(self.model, "PenaltyMetrics")
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._penalty_begin()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._penalty_logs(logs)
+
+
+# Layout of PruneLowCorrelation.controller_state (float64), the part of the
+# controller's state that a resumed `fit` needs. It is kept in every wrapper,
+# so it is saved with the model.
+_S_INIT, _S_STEP, _S_LEVEL, _S_REDUCTION, _S_KEPT, _S_EPOCH_STEPS = range(6)
+
+
+class BudgetStrength(_PenaltyLogs, keras.callbacks.Callback):
     """Budget-driven adaptive strength (method spec, section 2 step 6).
 
     It scales the strength of every unit with one shared multiplier so that,
@@ -44,17 +152,41 @@ class BudgetStrength(keras.callbacks.Callback):
       multiplies the strength by the ratio. A raise is bounded by
       ``factor ** min(1, (level - threshold) / threshold)`` (small steps
       near the threshold, where the level is noisy) and a cut by
-      ``sqrt(factor)``. The strength therefore rises only while the gammas
-      are too slow, and falls before they overshoot; once the budget is met
-      it is held, and eased if the reduction overshoots by more than
-      ``tolerance`` (not while the overshoot is already shrinking).
+      ``sqrt(factor)``. Once the budget is met the strength is held, and
+      eased if the reduction overshoots by more than ``tolerance`` (not
+      while the overshoot is already shrinking).
     - ``controller="epoch"``: the earlier per-epoch proportional rule. While
       the reduction is below the target it multiplies the strength by up to
       ``factor`` (the full factor when nothing is removable), holds it once
-      the target is met and divides it when the reduction overshoots. The
-      gammas respond with a lag, so on some models this rule keeps raising
-      the strength until far too many channels collapse at once
-      (docs/BENCHMARKS.md); it is kept for reproducing older results.
+      the target is met and divides it when the reduction overshoots. It is
+      kept for reproducing older results.
+
+    **Protection of the kept channels** (``"rate"``). Each check also reads
+    the smallest ``|gamma|`` among the channels the budget keeps and how fast
+    it fell since the last check. The strength is capped so that, at that
+    speed (which is roughly proportional to the strength), this gamma closes
+    at most ``1 / protect`` of its remaining distance to the threshold per
+    check; it then approaches the threshold geometrically and never crosses
+    it in one check. A cut is at most ``factor ** 2`` per check. On networks
+    whose gammas all fall together (a U-Net), the budget is then met late or
+    missed (and a warning says so) instead of being overshot with the kept
+    channels pulled under the threshold.
+
+    **Resume.** The controller's state (the multiplier, the last check, the
+    epoch length) lives in the wrappers' non-trainable weights
+    (``budget_scale``, ``controller_state``), so it is saved with the model;
+    a ``fit(..., initial_epoch=k)`` of a reloaded model continues exactly as
+    the uninterrupted training would.
+
+    **Logs.** ``acsl_reduction``, ``acsl_budget_scale``, (``"rate"``)
+    ``acsl_budget_level`` and ``acsl_kept_min``, and the penalty apart from
+    the task loss: ``penalty_loss``, ``task_loss``, ``val_penalty_loss``,
+    ``val_task_loss`` (see :class:`PenaltyMetrics`). ``history`` holds one
+    dict per check (``epoch``, ``step``, ``reduction``, ``scale`` and, for
+    ``"rate"``, ``level`` and ``kept_min``).
+
+    **End of training.** A ``UserWarning`` says by how much the budget was
+    missed, or overshot by more than ``tolerance``, and what to do.
 
     The target comes from the argument or, if omitted, from
     ``prune_low_correlation(..., target=...)``.
@@ -62,10 +194,10 @@ class BudgetStrength(keras.callbacks.Callback):
     Args:
         target_flops: fraction of FLOPs to remove, in (0, 1).
         target_params: fraction of parameters to remove, in (0, 1).
-        threshold: |gamma| below which a channel counts as removable.
+        threshold: |gamma| below which a channel counts as removable (> 0).
         factor: largest multiplicative step of the strength per check (> 1).
-        tolerance: allowed overshoot before the strength is eased.
-        max_scale: upper bound of the multiplier.
+        tolerance: allowed overshoot of the reduction, in [0, 1).
+        max_scale: upper bound of the multiplier (> 0).
         controller: ``"rate"`` or ``"epoch"`` (see above).
         update_every: ``"rate"`` only: steps between checks, or ``"auto"``
             (four checks per epoch when the number of steps per epoch is
@@ -75,12 +207,14 @@ class BudgetStrength(keras.callbacks.Callback):
         reach_at: ``"rate"`` only: fraction of the training (in steps) by
             which the budget should be met, in (0, 1]. The rest of the
             training adapts the remaining channels to the sparse ones.
-        verbose: print one line per epoch.
+        protect: ``"rate"`` only: the smallest kept ``|gamma|`` may close at
+            most ``1 / protect`` of its distance to the threshold per check
+            (>= 0; 0 turns the protection off).
+        verbose: 1 prints one line per epoch, 0 prints nothing.
 
-    Logs ``acsl_budget_scale``, ``acsl_reduction`` and (``"rate"``)
-    ``acsl_budget_level`` into the epoch logs. ``history`` holds one dict per
-    check (``epoch``, ``step``, ``reduction``, ``scale`` and, for ``"rate"``,
-    ``level``).
+    Raises:
+        TypeError: an argument of the wrong type.
+        ValueError: an argument out of range.
     """
 
     def __init__(
@@ -95,6 +229,7 @@ class BudgetStrength(keras.callbacks.Callback):
         controller: str = "rate",
         update_every="auto",
         reach_at: float = 0.6,
+        protect: float = 4.0,
         verbose: int = 1,
     ):
         super().__init__()
@@ -104,38 +239,48 @@ class BudgetStrength(keras.callbacks.Callback):
                 f"Received: target_flops={target_flops}, target_params={target_params}"
             )
         for name, v in (("target_flops", target_flops), ("target_params", target_params)):
-            if v is not None and not (0.0 < float(v) < 1.0):
-                raise ValueError(f"`{name}` must be in (0, 1). Received: {name}={v}")
-        if not threshold > 0:
-            raise ValueError(f"`threshold` must be > 0. Received: threshold={threshold}")
-        if not factor > 1:
-            raise ValueError(f"`factor` must be > 1. Received: factor={factor}")
-        if not tolerance >= 0:
-            raise ValueError(f"`tolerance` must be >= 0. Received: tolerance={tolerance}")
+            if v is not None:
+                _number(name, v, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+        self.threshold = _number("threshold", threshold, lo=0.0, lo_open=True)
+        self.factor = _number("factor", factor, lo=1.0, lo_open=True)
+        self.tolerance = _number("tolerance", tolerance, lo=0.0, hi=1.0, hi_open=True)
+        self.max_scale = _number("max_scale", max_scale, lo=0.0, lo_open=True)
+        self.reach_at = _number("reach_at", reach_at, lo=0.0, hi=1.0, lo_open=True)
+        self.protect = _number("protect", protect, lo=0.0)
+        if not isinstance(controller, str):
+            raise TypeError(
+                f'`controller` must be the string "rate" or "epoch". '
+                f"Received: controller={controller!r}"
+            )
         if controller not in ("rate", "epoch"):
             raise ValueError(
                 f'`controller` must be "rate" or "epoch". Received: controller={controller!r}'
             )
-        if update_every != "auto" and not (
-            isinstance(update_every, int) and not isinstance(update_every, bool) and update_every > 0
-        ):
+        if isinstance(update_every, str):
+            if update_every != "auto":
+                raise ValueError(
+                    '`update_every` must be "auto" or a positive number of steps. '
+                    f"Received: update_every={update_every!r}"
+                )
+        elif isinstance(update_every, bool) or not isinstance(update_every, (int, np.integer)):
+            raise TypeError(
+                '`update_every` must be "auto" or an integer number of steps. '
+                f"Received: update_every={update_every!r}"
+            )
+        elif update_every < 1:
             raise ValueError(
                 '`update_every` must be "auto" or a positive number of steps. '
                 f"Received: update_every={update_every!r}"
             )
-        if not 0.0 < float(reach_at) <= 1.0:
-            raise ValueError(f"`reach_at` must be in (0, 1]. Received: reach_at={reach_at}")
-        self.target_flops = target_flops
-        self.target_params = target_params
-        self.threshold = float(threshold)
-        self.factor = float(factor)
-        self.tolerance = float(tolerance)
-        self.max_scale = float(max_scale)
+        if isinstance(verbose, bool) or not isinstance(verbose, (int, np.integer)):
+            raise TypeError(f"`verbose` must be 0 or 1. Received: verbose={verbose!r}")
+        self.target_flops = None if target_flops is None else float(target_flops)
+        self.target_params = None if target_params is None else float(target_params)
         self.controller = controller
-        self.update_every = update_every
-        self.reach_at = float(reach_at)
-        self.verbose = verbose
+        self.update_every = update_every if update_every == "auto" else int(update_every)
+        self.verbose = int(verbose)
         self.history = []
+        self._kept_min = math.inf
 
     def _resolve_target(self, wrappers):
         if self.target_flops is not None:
@@ -153,36 +298,87 @@ class BudgetStrength(keras.callbacks.Callback):
             "model with prune_low_correlation(..., target=...)."
         )
 
+    # ------------------------------------------------------------------ state
+
+    def _load_state(self):
+        return np.asarray(
+            keras.ops.convert_to_numpy(self._wrappers[0].controller_state), "float64"
+        ).copy()
+
+    def _save_state(self):
+        state = np.zeros(self._state_size, "float64")
+        state[_S_INIT] = 1.0
+        state[_S_STEP], state[_S_LEVEL] = self._last
+        state[_S_REDUCTION] = self._last_reduction
+        state[_S_KEPT] = self._last_kept
+        state[_S_EPOCH_STEPS] = self._epoch_steps or 0
+        for w in self._wrappers:
+            w.controller_state.assign(state)
+
     # ------------------------------------------------------------------ measuring
 
     def on_train_begin(self, logs=None):
         self._wrappers = _wrappers_or_raise(self.model, "BudgetStrength")
         self._kind, self._target = self._resolve_target(self._wrappers)
-        # Unknown epoch length: one check per epoch until the first epoch ends.
-        self._total_steps = self._every = None
-        steps = (self.params or {}).get("steps")
-        if self.controller == "rate" and steps:
-            self._schedule(int(steps))
-        self._step = 0
+        for w in self._wrappers:
+            w._budget_controlled = True
+        self._check_optimizer()
+        self._step = int(keras.ops.convert_to_numpy(self._wrappers[0].step))
         self._epoch = 0
-        self._last = None  # (step, level) of the previous check
-        self._last_reduction = 0.0
-        self._last_level = None
-        if self.controller == "rate":
-            # Also fails early, with a clear message, if the budget is impossible.
-            self._last = (0, self.level())
+        self._total_steps = self._every = self._start = None
+        # Also fails early, with a clear message, if the budget is impossible.
+        level = self.level()
+        state = self._load_state()
+        self._state_size = state.shape[0]
+        if state[_S_INIT]:
+            # A resumed (or continued) training: the state saved in the model.
+            self._last = (int(state[_S_STEP]), float(state[_S_LEVEL]))
+            self._last_reduction = float(state[_S_REDUCTION])
+            self._last_kept = float(state[_S_KEPT])
+            self._epoch_steps = int(state[_S_EPOCH_STEPS]) or None
+        else:
+            self._last = (self._step, level)
+            self._last_reduction = 0.0
+            self._last_kept = self._kept_min
+            self._epoch_steps = None
+        self._last_level = self._last[1]
+        steps = (self.params or {}).get("steps")
+        if steps:
+            self._epoch_steps = int(steps)
+        self._scheduled = False
 
-    def _schedule(self, steps_per_epoch: int) -> None:
-        """Set the training length in steps and the steps between checks."""
-        self._total_steps = int((self.params or {}).get("epochs") or 1) * steps_per_epoch
+    def _check_optimizer(self):
+        from acsl_tf.sparsity.wrapper import L1_CANCELLING_OPTIMIZERS, _optimizer_name
+
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is not None and _optimizer_name(optimizer) in L1_CANCELLING_OPTIMIZERS:
+            warnings.warn(
+                f"BudgetStrength with {_optimizer_name(optimizer)}: adaptive optimizers "
+                "normalise each parameter's update, which cancels most of the L1 penalty, so "
+                "the strength multiplier has little effect and tends to run away. Use "
+                "keras.optimizers.SGD with momentum for sparsity training (docs/ACSL.md).",
+                UserWarning,
+                stacklevel=2,
+            )
+
+    def _schedule(self, epoch: int) -> None:
+        """Fix the training's span in steps and the steps between checks, once
+        the epoch length and the first epoch of this `fit` are known."""
+        spe = self._epoch_steps
+        epochs = int((self.params or {}).get("epochs") or 1)
+        # Step at which epoch 0 began: a resumed fit (initial_epoch=k) keeps the
+        # schedule of the uninterrupted one; a second plain fit starts a new one.
+        self._start = self._step - epoch * spe
+        self._total_steps = self._start + epochs * spe
         if self.update_every == "auto":
-            self._every = max(1, steps_per_epoch // 4)
+            self._every = max(1, spe // 4)
         else:
             self._every = int(self.update_every)
+        self._scheduled = True
 
     def measure(self) -> float:
         """Reduction (fraction) the sub-threshold channels would give now."""
-        from acsl_tf.pruning.shrink import plan_shrink
+        from acsl_tf import plan_shrink
 
         plan = plan_shrink(self.model, threshold=self.threshold)
         if self._kind == "flops":
@@ -195,11 +391,14 @@ class BudgetStrength(keras.callbacks.Callback):
         """The budget level: the largest ``|gamma|`` among the channels that
         the budget needs (lowest ``|gamma|`` first, as ``shrink`` picks them).
 
+        The same plan also gives the smallest ``|gamma|`` among the channels
+        the budget keeps; it is stored in ``self._kept_min`` (inf when none).
+
         Raises:
             ValueError: if the budget cannot be met even by removing every
                 prunable channel.
         """
-        from acsl_tf.pruning.shrink import plan_shrink
+        from acsl_tf import plan_shrink
 
         kw = {"target_flops" if self._kind == "flops" else "target_params": self._target}
         try:
@@ -209,16 +408,21 @@ class BudgetStrength(keras.callbacks.Callback):
                 f"BudgetStrength: the budget ({self._kind} reduction {self._target}) cannot be "
                 f"met on this model: {e}"
             ) from None
-        level = 0.0
+        level, kept_min = 0.0, math.inf
         for w in self._wrappers:
             name = w.layer.name
-            if name not in plan.bn_keep:
-                continue
             g = np.abs(keras.ops.convert_to_numpy(w.layer.gamma)).reshape(-1)
+            if name not in plan.bn_keep:
+                kept_min = min(kept_min, float(g.min()))
+                continue
             mask = np.ones(g.shape[0], bool)
-            mask[list(plan.bn_keep[name])] = False
+            keep = list(plan.bn_keep[name])
+            mask[keep] = False
             if mask.any():
                 level = max(level, float(g[mask].max()))
+            if keep:
+                kept_min = min(kept_min, float(g[keep].min()))
+        self._kept_min = kept_min
         return level
 
     def _scale(self) -> float:
@@ -236,11 +440,30 @@ class BudgetStrength(keras.callbacks.Callback):
 
     # ------------------------------------------------------------------ control
 
+    def _protected(self, scale: float, proposed: float, step: int, kept: float) -> float:
+        """Bound ``proposed`` so that the kept channels stay clear of the
+        threshold (see the class docstring)."""
+        prev_step, prev_kept = self._last[0], self._last_kept
+        if (
+            not self.protect
+            or not (math.isfinite(kept) and math.isfinite(prev_kept))
+            or step <= prev_step
+            or prev_kept <= kept
+        ):
+            return proposed
+        # How far the smallest kept gamma falls per check at the current
+        # strength (the fall is roughly proportional to the strength).
+        fall = (prev_kept - kept) / (step - prev_step) * float(self._every or (step - prev_step))
+        gap = kept - self.threshold
+        cap = gap / (self.protect * fall) if gap > 0 else 0.0
+        return min(proposed, scale * max(cap, self.factor**-2))
+
     def _rate_check(self, epoch: int) -> None:
         step = self._step
         reduction = self.measure()
         level = self.level()
-        scale = self._scale()
+        kept = self._kept_min
+        scale = old = self._scale()
         target = self._target
         if reduction > target + self.tolerance:
             # Overshoot: ease, unless the reduction is already coming back.
@@ -253,7 +476,7 @@ class BudgetStrength(keras.callbacks.Callback):
             observed = (prev_level - level) / (step - prev_step)
             every = float(self._every or (step - prev_step))
             if self._total_steps:
-                deadline = self.reach_at * self._total_steps
+                deadline = self._start + self.reach_at * (self._total_steps - self._start)
                 # Past the deadline, aim at the end of the training instead.
                 end = deadline if step < deadline else self._total_steps
                 remaining = max(end - step, every)
@@ -268,26 +491,46 @@ class BudgetStrength(keras.callbacks.Callback):
             # Ease by at most sqrt(factor): cutting hard on a fast fall lets
             # the loss push the gammas back up, and the level oscillates.
             scale *= min(max(ratio, self.factor**-0.5), up)
+        scale = self._protected(old, scale, step, kept)
         scale = self._set_scale(scale)
         self._last = (step, level)
-        self._last_reduction, self._last_level = reduction, level
+        self._last_reduction, self._last_level, self._last_kept = reduction, level, kept
+        self._save_state()
         self.history.append(
-            {"epoch": epoch, "step": step, "reduction": reduction, "scale": scale, "level": level}
+            {
+                "epoch": epoch,
+                "step": step,
+                "reduction": reduction,
+                "scale": scale,
+                "level": level,
+                "kept_min": kept,
+            }
         )
 
     def on_train_batch_end(self, batch, logs=None):
         self._step += 1
-        if self.controller == "rate" and self._every and self._step % self._every == 0:
+        if self.controller != "rate" or not self._scheduled:
+            return
+        end_of_epoch = self._epoch_steps and batch + 1 == self._epoch_steps
+        if self._step % self._every == 0 or (end_of_epoch and self._last[0] != self._step):
+            # The end-of-epoch check runs here, before any on_epoch_end, so
+            # that a ModelCheckpoint saves the state after it.
             self._rate_check(self._epoch)
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
+        self._epoch_first_step = self._step
+        if self.controller == "rate" and not self._scheduled and self._epoch_steps:
+            self._schedule(epoch)
+        self._penalty_begin()
 
     def on_epoch_end(self, epoch, logs=None):
         if self.controller == "rate":
-            if self._total_steps is None and epoch == 0 and self._step > 0:
-                self._schedule(self._step)  # epoch length unknown before: now it is
-            if not self.history or self.history[-1]["step"] != self._step:
+            if not self._scheduled and self._step > 0:
+                # Epoch length unknown before: now it is.
+                self._epoch_steps = self._step - self._epoch_first_step
+                self._schedule(epoch)
+            if self._last[0] != self._step:
                 self._rate_check(epoch)
             reduction, scale = self._last_reduction, self._scale()
         else:
@@ -301,6 +544,7 @@ class BudgetStrength(keras.callbacks.Callback):
             elif reduction > target + self.tolerance:
                 scale = self._ease(scale, reduction)
             scale = self._set_scale(scale)
+            self._last_reduction = reduction
             self.history.append(
                 {"epoch": epoch, "step": self._step, "reduction": reduction, "scale": scale}
             )
@@ -309,15 +553,47 @@ class BudgetStrength(keras.callbacks.Callback):
             logs["acsl_budget_scale"] = scale
             if self.controller == "rate":
                 logs["acsl_budget_level"] = self._last_level
+                logs["acsl_kept_min"] = self._last_kept
+        self._penalty_logs(logs)
         if self.verbose:
             extra = (
                 f", budget level {self._last_level:.3g} (threshold {self.threshold:g})"
                 if self.controller == "rate"
                 else ""
             )
-            print(
+            _print(
+                self,
                 f"BudgetStrength: epoch {epoch + 1}: removable {self._kind} {reduction:.1%} "
-                f"(target {self._target:.1%}){extra}, strength multiplier -> {scale:g}"
+                f"(target {self._target:.1%}){extra}, strength multiplier -> {scale:g}",
+            )
+
+    def on_train_end(self, logs=None):
+        for w in self._wrappers:
+            w._budget_controlled = False
+        if not self.history:
+            return
+        reduction = self.history[-1]["reduction"]
+        target, kind = self._target, self._kind
+        if reduction < target - self.tolerance:
+            warnings.warn(
+                f"BudgetStrength: the budget was missed: {reduction:.1%} of the {kind} is "
+                f"removable (|gamma| < {self.threshold:g}) against the target {target:.1%}, "
+                f"{target - reduction:.1%} short. shrink(target_{kind}={target:g}) will also "
+                "cut channels above the threshold, which costs accuracy before fine-tuning. "
+                "Train more epochs, raise `penalty`, or lower `reach_at`.",
+                UserWarning,
+                stacklevel=2,
+            )
+        elif reduction > target + self.tolerance:
+            warnings.warn(
+                f"BudgetStrength: the budget was overshot: {reduction:.1%} of the {kind} is "
+                f"removable (|gamma| < {self.threshold:g}) against the target {target:.1%}, "
+                f"{reduction - target:.1%} over (tolerance {self.tolerance:.1%}). Channels the "
+                "budget keeps are near zero, so the sparsity-trained model may be weak. Use a "
+                "lower `penalty`, more epochs, or a larger `protect`; "
+                f"shrink(target_{kind}={target:g}) still cuts only what the budget needs.",
+                UserWarning,
+                stacklevel=2,
             )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import keras
 from keras import ops
@@ -17,6 +18,35 @@ from acsl_tf.sparsity.regularizer import CorrelationSparsity
 STATISTICS_ACTIVATIONS = ("Activation", "ReLU", "LeakyReLU", "ELU")
 
 METHODS = ("acsl", "cap")
+
+#: Optimizers that normalise each parameter's update (or its sign). They cancel
+#: most of the difference between the channels' L1 penalties, so ACSL and
+#: Network Slimming need SGD (docs/ACSL.md).
+L1_CANCELLING_OPTIMIZERS = (
+    "Adam",
+    "AdamW",
+    "Adamax",
+    "Nadam",
+    "RMSprop",
+    "Adagrad",
+    "Adadelta",
+    "Adafactor",
+    "Lion",
+    "Lamb",
+)
+
+#: Length of the ``controller_state`` weight that :class:`acsl_tf.BudgetStrength`
+#: keeps in every wrapper (its layout belongs to the callback).
+CONTROLLER_STATE_SIZE = 8
+
+#: Number of weights a wrapper saved before ``penalty_total`` and
+#: ``controller_state`` existed; such files still load.
+_LEGACY_WEIGHTS = 5
+
+
+def _optimizer_name(optimizer):
+    inner = getattr(optimizer, "inner_optimizer", None)  # LossScaleOptimizer
+    return type(inner if inner is not None else optimizer).__name__
 
 
 def _check_float(name, value, lo=None, hi=None, lo_open=False, hi_open=False):
@@ -53,8 +83,20 @@ class PruneLowCorrelation(keras.layers.Wrapper):
     ``lambda_i = penalty * schedule(step) * budget_scale * w_i``.
 
     All of that state lives in non-trainable weights (``affinity``,
-    ``strength``, ``step``, ``updates``, ``budget_scale``), so it is saved with
-    the model and survives a resume. ``direction="uniform"`` keeps ``w = 1``:
+    ``strength``, ``step``, ``updates``, ``budget_scale``, the running sum of
+    the penalty ``penalty_total`` and the budget controller's
+    ``controller_state``), so it is saved with the model and a resumed ``fit``
+    continues exactly.
+
+    While training, the wrapper also keeps the BatchNorm moving statistics
+    fresh: it updates them with the momentum
+    ``min(bn.momentum, moving_stats_momentum, (1 + step) / (10 + step))``
+    instead of ``bn.momentum`` (0.99 by default). The penalty shrinks gammas
+    and with them the activations of every later unit; a 0.99 average lags
+    about 100 steps behind them, and a model evaluated in inference mode right
+    after ``fit`` (or through ``validation_data``) then looks collapsed while
+    it is not. The BatchNorm's own configuration is not changed:
+    :func:`acsl_tf.strip_pruning` returns it as it was. ``direction="uniform"`` keeps ``w = 1``:
     that is exactly Network Slimming. ``method="cap"`` (context-aware pruning)
     also trains with a uniform penalty but still tracks the affinity, which the
     ``"cap"`` pruning criterion of :func:`acsl_tf.shrink` uses.
@@ -82,6 +124,10 @@ class PruneLowCorrelation(keras.layers.Wrapper):
         target_flops: optional FLOPs-reduction budget (fraction), read by
             :class:`acsl_tf.callbacks.BudgetStrength`.
         target_params: optional parameter-reduction budget (fraction).
+        moving_stats_momentum: momentum of the BatchNorm moving statistics
+            during sparsity training, in [0, 1), or None to keep the
+            BatchNorm's own momentum. The default 0.9 averages about the last
+            20 batches, as :func:`acsl_tf.recalibrate_batchnorm` does.
     """
 
     def __init__(
@@ -102,6 +148,7 @@ class PruneLowCorrelation(keras.layers.Wrapper):
         method: str = "acsl",
         target_flops=None,
         target_params=None,
+        moving_stats_momentum=0.9,
         **kwargs,
     ):
         if not isinstance(layer, keras.layers.BatchNormalization):
@@ -179,7 +226,18 @@ class PruneLowCorrelation(keras.layers.Wrapper):
                     f"Received: {type(act).__name__}"
                 )
             self._feature_act = act
+        if moving_stats_momentum is not None:
+            moving_stats_momentum = _check_float(
+                "moving_stats_momentum", moving_stats_momentum, lo=0.0, hi=1.0, hi_open=True
+            )
+        self.moving_stats_momentum = moving_stats_momentum
         self.regularizer = CorrelationSparsity(self.penalty)
+        # Set by BudgetStrength for the length of a `fit`; read when the
+        # training step is traced.
+        self._budget_controlled = False
+        # Set by recalibrate_batchnorm: plain BatchNorm updates, no warnings.
+        self._recalibrating = False
+        self._warned = set()
 
     @property
     def tracks_affinity(self) -> bool:
@@ -239,6 +297,35 @@ class PruneLowCorrelation(keras.layers.Wrapper):
             aggregation="only_first_replica",
             **common,
         )
+        # (sum of batch_size * penalty, sum of batch_size) over the training
+        # steps: the callbacks turn its increase over an epoch into the
+        # `penalty_loss` log, weighted by batch size as Keras weights `loss`.
+        self.penalty_total = self.add_weight(
+            name="penalty_total",
+            shape=(2,),
+            initializer="zeros",
+            dtype="float64",
+            aggregation="only_first_replica",
+            **common,
+        )
+        self.controller_state = self.add_weight(
+            name="controller_state",
+            shape=(CONTROLLER_STATE_SIZE,),
+            initializer="zeros",
+            dtype="float64",
+            aggregation="only_first_replica",
+            **common,
+        )
+
+    def load_own_variables(self, store):
+        """Loads the weights; files saved before ``penalty_total`` and
+        ``controller_state`` existed keep those two at zero."""
+        own = self._trainable_variables + self._non_trainable_variables
+        if len(store.keys()) == _LEGACY_WEIGHTS and len(own) > _LEGACY_WEIGHTS:
+            for i, v in enumerate(own[:_LEGACY_WEIGHTS]):
+                v.assign(store[f"{i}"])
+            return
+        super().load_own_variables(store)
 
     def compute_output_shape(self, input_shape):
         return self.layer.compute_output_shape(input_shape)
@@ -302,13 +389,72 @@ class PruneLowCorrelation(keras.layers.Wrapper):
             ready = ops.greater_equal(ops.convert_to_tensor(self.updates), self.warmup)
             self.strength.assign(ops.where(ready, weights, ops.ones_like(weights)))
 
+    def moving_momentum(self):
+        """Momentum of the BatchNorm moving statistics at the current step."""
+        m = float(self.layer.momentum)
+        if self.moving_stats_momentum is None:
+            return ops.convert_to_tensor(m, "float32")
+        n = ops.cast(self.step, "float32")
+        return ops.minimum(min(m, self.moving_stats_momentum), (1.0 + n) / (10.0 + n))
+
+    def _warn_once(self, key, message):
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, UserWarning, stacklevel=3)
+
+    def _check_training_setup(self):
+        """Warnings at trace time of a training step: a budget without its
+        controller, an optimizer that cancels the L1 penalty."""
+        if (self.target_flops or self.target_params) and not self._budget_controlled:
+            kind = "flops" if self.target_flops else "params"
+            value = self.target_flops or self.target_params
+            self._warn_once(
+                "budget",
+                f"The model was wrapped with a budget (target={{'{kind}': {value}}}), but no "
+                "acsl_tf.BudgetStrength callback is in this `fit`, so the budget is ignored "
+                "and the penalty keeps its base strength. Pass "
+                "callbacks=[acsl_tf.BudgetStrength(...)] to `fit`.",
+            )
+        try:
+            from keras.src.backend.common import global_state
+
+            ctx = global_state.get_global_attribute("current_call_ctx")
+            optimizer = getattr(getattr(ctx, "entry_layer", None), "optimizer", None)
+        except ImportError:  # pragma: no cover - private Keras module moved
+            optimizer = None
+        if optimizer is not None and _optimizer_name(optimizer) in L1_CANCELLING_OPTIMIZERS:
+            self._warn_once(
+                "optimizer",
+                f"Sparsity training with {_optimizer_name(optimizer)}: adaptive optimizers "
+                "normalise each parameter's update, which cancels most of the L1 penalty on "
+                "the gammas and the differences between the channels' strengths. Use "
+                "keras.optimizers.SGD with momentum for sparsity training (docs/ACSL.md).",
+            )
+
     def call(self, inputs, training=None, mask=None):
-        outputs = self.layer(inputs, training=training, mask=mask)
+        if training is True and not self._recalibrating:
+            self._check_training_setup()
+            bn_momentum = self.layer.momentum
+            # The BatchNorm reads `momentum` when it updates its moving
+            # statistics; a tensor lets the momentum depend on the step.
+            self.layer.momentum = self.moving_momentum()
+            try:
+                outputs = self.layer(inputs, training=training, mask=mask)
+            finally:
+                self.layer.momentum = bn_momentum
+        else:
+            outputs = self.layer(inputs, training=training, mask=mask)
         if training is True:
             if self.tracks_affinity:
                 self._update_statistics(outputs)
             self.step.assign_add(1)
-        self.add_loss(self.penalty_loss())
+        penalty = self.penalty_loss()
+        if training is True:
+            batch = ops.cast(ops.shape(inputs)[0], "float64")
+            self.penalty_total.assign_add(
+                ops.stack([ops.cast(penalty, "float64") * batch, batch])
+            )
+        self.add_loss(penalty)
         return outputs
 
     def get_config(self):
@@ -330,6 +476,7 @@ class PruneLowCorrelation(keras.layers.Wrapper):
                 "method": self.method,
                 "target_flops": self.target_flops,
                 "target_params": self.target_params,
+                "moving_stats_momentum": self.moving_stats_momentum,
             }
         )
         return config
