@@ -92,10 +92,13 @@ def main(argv=None):
         f"\nACSL sparsity training ({args.direction}), {args.epochs} epochs, "
         f"budget: remove {args.target_flops:.0%} of the FLOPs"
     )
+    # `train` is a tf.data pipeline that shuffles itself; shuffle=False tells
+    # Keras so (with the default shuffle=True it warns that the flag is ignored).
     wrapped.fit(
         train,
         epochs=args.epochs,
         steps_per_epoch=steps,
+        shuffle=False,
         verbose=2,
         callbacks=[acsl_tf.BudgetStrength(threshold=args.threshold, controller=args.controller)],
     )
@@ -115,7 +118,9 @@ def main(argv=None):
     _, acc_shrunk = small.evaluate(x_test, y_test, verbose=0)
     if args.finetune_epochs:
         print(f"\nFine-tuning the shrunk model, {args.finetune_epochs} epochs")
-        small.fit(train, epochs=args.finetune_epochs, steps_per_epoch=steps, verbose=2)
+        small.fit(
+            train, epochs=args.finetune_epochs, steps_per_epoch=steps, shuffle=False, verbose=2
+        )
         acsl_tf.recalibrate_batchnorm(small, calib, batch_size=args.batch_size)
     _, acc_final = small.evaluate(x_test, y_test, verbose=0)
 

@@ -155,3 +155,69 @@ def test_debian_location(monkeypatch):
     np.testing.assert_array_equal(np.bincount(ytr, minlength=10), [6000] * 10)
     np.testing.assert_array_equal(np.bincount(yte, minlength=10), [1000] * 10)
     assert int(xtr.max()) == 255
+
+
+class _CountingReader:
+    """Wraps a file object and counts the decompressed bytes handed out."""
+
+    def __init__(self, f):
+        self.f, self.count = f, 0
+
+    def read(self, n=-1):
+        data = self.f.read(n)
+        self.count += len(data)
+        return data
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+@pytest.fixture
+def counting_open(monkeypatch):
+    readers = []
+    real_open = fashion_mnist._open
+
+    def counting(path):
+        readers.append(_CountingReader(real_open(path)))
+        return readers[-1]
+
+    monkeypatch.setattr(fashion_mnist, "_open", counting)
+    return readers
+
+
+def test_bad_magic_is_found_before_decompressing(tmp_path, counting_open):
+    p = tmp_path / "bomb-idx3-ubyte.gz"
+    with gzip.open(p, "wb", compresslevel=1) as f:
+        f.write(b"PK\x03\x04")  # not an IDX header
+        f.write(bytes(50 * 2**20))  # 50 MB of zeros, about 50 KB compressed
+    assert p.stat().st_size < 2**20
+    with pytest.raises(ValueError, match="magic number 0x504b0304"):
+        read_idx(p)
+    assert counting_open[0].count == 4
+
+
+def test_oversized_header_is_rejected_without_reading(tmp_path, counting_open):
+    p = tmp_path / "huge-idx3-ubyte.gz"
+    dims = (2**31 - 1, 28, 28)
+    with gzip.open(p, "wb") as f:
+        f.write((0x00000803).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in dims))
+        f.write(bytes(1000))
+    with pytest.raises(ValueError, match="more than max_bytes=1073741824.*Received: path="):
+        read_idx(p)
+    assert counting_open[0].count == 16
+    q = tmp_path / "small-idx1-ubyte"
+    write_idx(q, np.arange(10, dtype=np.uint8))
+    with pytest.raises(ValueError, match="max_bytes=4"):
+        read_idx(q, max_bytes=4)
+    np.testing.assert_array_equal(read_idx(q, max_bytes=10), np.arange(10))
+
+
+def test_trailing_data_is_rejected(tmp_path):
+    p = tmp_path / "x-idx1-ubyte"
+    write_idx(p, np.arange(5, dtype=np.uint8))
+    p.write_bytes(p.read_bytes() + b"junk")
+    with pytest.raises(ValueError, match="more than 5 data bytes"):
+        read_idx(p)

@@ -63,6 +63,11 @@ def copy_of(model, name):
     return clone
 
 
+def _teacher_in_trainable(distiller):
+    teacher_ids = {id(v) for v in distiller.teacher.variables}
+    return bool(teacher_ids & {id(v) for v in distiller.trainable_variables})
+
+
 def weights_of(model):
     return [np.array(w) for w in model.get_weights()]
 
@@ -97,8 +102,45 @@ def test_fit_trains_student_only(task, jit):
         np.testing.assert_array_equal(a, b)  # BN moving statistics included
     changed = [not np.allclose(a, b) for a, b in zip(s_before, weights_of(student))]
     assert all(changed[:2]) and sum(changed) >= len(changed) - 1
-    assert teacher.trainable is False
+    assert teacher.trainable is True  # the user's model is not changed
     assert {id(v) for v in d.trainable_weights} == {id(v) for v in student.trainable_weights}
+
+
+def test_distiller_does_not_change_the_teacher_object():
+    teacher = classifier(8, "teacher")
+    student = classifier(4, "student")
+    frozen_layer = teacher.get_layer("bn1")
+    frozen_layer.trainable = False  # the user's own choice survives too
+    flags = [layer.trainable for layer in teacher.layers]
+    n_trainable = len(teacher.trainable_weights)
+    d = Distiller(
+        student,
+        teacher,
+        affinity_weight=1.0,
+        student_features=["feat"],
+        teacher_features=["feat"],
+    )
+    assert teacher.trainable is True
+    assert [layer.trainable for layer in teacher.layers] == flags
+    assert len(teacher.trainable_weights) == n_trainable == 4  # c1 and fc kernels and biases
+    teacher_ids = {id(v) for v in teacher.variables}
+    student_ids = {id(v) for v in student.trainable_variables}
+    assert {id(v) for v in d.trainable_variables} == student_ids
+    assert {id(v) for v in d.trainable_weights} == student_ids
+    assert teacher_ids <= {id(v) for v in d.non_trainable_variables}
+    assert teacher_ids <= {id(v) for v in d.non_trainable_weights}
+    x, y = data("classification")
+    d.compile(optimizer=keras.optimizers.SGD(0.1))
+    t_before = weights_of(teacher)
+    d.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    for a, b in zip(t_before, weights_of(teacher)):
+        np.testing.assert_array_equal(a, b)
+    assert teacher.trainable is True
+    assert [layer.trainable for layer in teacher.layers] == flags
+    # The user can still train the teacher on its own afterwards.
+    teacher.compile(keras.optimizers.SGD(0.1), "sparse_categorical_crossentropy")
+    teacher.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    assert not np.allclose(t_before[0], teacher.get_layer("c1").get_weights()[0])
 
 
 def test_fit_without_features_logs_and_metrics():
@@ -276,7 +318,8 @@ def test_distiller_config_roundtrip_and_save(tmp_path):
     for k in ("task", "temperature", "task_weight", "distill_weight", "affinity_weight"):
         assert cfg2[k] == cfg[k]
     assert cfg2["student_features"] == ["feat"] and cfg2["affinity_pool_size"] == 2
-    assert d2.teacher.trainable is False
+    assert d2.teacher.trainable is True
+    assert not _teacher_in_trainable(d2)
     task_loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=255)
     d.compile(optimizer="adam", loss=task_loss, run_eagerly=True)
     d.fit(x, y, batch_size=8, epochs=1, verbose=0)
@@ -289,7 +332,7 @@ def test_distiller_config_roundtrip_and_save(tmp_path):
         back = keras.models.load_model(path)
     assert isinstance(back, Distiller) and back.compiled
     assert isinstance(back._task_loss_fn, keras.losses.SparseCategoricalCrossentropy)
-    assert back.affinity_weight == 0.5 and back.teacher.trainable is False
+    assert back.affinity_weight == 0.5 and not _teacher_in_trainable(back)
     np.testing.assert_allclose(
         np.asarray(back(x, training=False)), np.asarray(d(x, training=False)), atol=1e-6
     )

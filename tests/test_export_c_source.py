@@ -12,8 +12,8 @@ pytest.importorskip("ai_edge_litert")
 
 import keras  # noqa: E402
 
-from acsl_tf.export import inspect_tflite, to_c_source, to_tflite  # noqa: E402
 from acsl_tf import _io  # noqa: E402
+from acsl_tf.export import inspect_tflite, to_c_source, to_tflite  # noqa: E402
 from acsl_tf.export.c_source import (  # noqa: E402
     check_c_source,
     estimate_arena_bytes,

@@ -98,8 +98,13 @@ def test_onnx_bad_inputs(cnn, tmp_path):
     existing = tmp_path / "b.onnx"
     existing.write_bytes(b"old")
     with pytest.raises(FileExistsError):
-        to_onnx(cnn, existing)
+        to_onnx(cnn, existing, overwrite=False)
     assert existing.read_bytes() == b"old"
+    for path, error in (("", ValueError), (f"{tmp_path}/newdir/", ValueError)):
+        with pytest.raises(error, match="Received: path="):
+            to_onnx(cnn, path, overwrite=True)
+    with pytest.raises(IsADirectoryError, match="existing directory"):
+        to_onnx(cnn, tmp_path, overwrite=True)
     bad = small_cnn(width=2)
     w = bad.layers[1].get_weights()
     w[0][0, 0, 0, 0] = np.inf
@@ -114,3 +119,29 @@ def test_onnx_parity_failure_writes_nothing(cnn, tmp_path):
         to_onnx(cnn, tmp_path / "a.onnx", tolerance=1e-12)
     assert info.value.report.passed is False
     assert not os.listdir(tmp_path)
+
+
+def test_onnx_batchnorm_folding_by_layer_type(tmp_path):
+    """tf2onnx folds BatchNorm into a preceding Conv2D; after Conv2DTranspose and
+    DepthwiseConv2D it stays as a Mul and an Add each (docs/EXPORT.md)."""
+    inputs = keras.Input((8, 8, 3), name="image")
+    x = keras.layers.Conv2D(4, 3, padding="same", use_bias=False)(inputs)
+    x = keras.layers.ReLU()(keras.layers.BatchNormalization()(x))
+    x = keras.layers.Conv2DTranspose(4, 3, strides=2, padding="same", use_bias=False)(x)
+    x = keras.layers.ReLU()(keras.layers.BatchNormalization()(x))
+    x = keras.layers.DepthwiseConv2D(3, padding="same", use_bias=False)(x)
+    x = keras.layers.ReLU()(keras.layers.BatchNormalization()(x))
+    model = keras.Model(inputs, keras.layers.Conv2D(2, 1)(x))
+    rng = np.random.default_rng(0)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):  # a non-zero shift
+            layer.set_weights(
+                [rng.uniform(0.5, 1.5, 4), rng.normal(0, 0.1, 4), rng.normal(0, 0.1, 4)]
+                + [rng.uniform(0.5, 1.5, 4)]
+            )
+    report = to_onnx(model, tmp_path / "bn.onnx")
+    counts = report.op_counts
+    assert "BatchNormalization" not in counts
+    assert counts["Conv"] == 3 and counts["ConvTranspose"] == 1
+    assert counts["Mul"] == 2 and counts["Add"] == 2
+    assert report.passed and report.max_abs_error < 1e-5
