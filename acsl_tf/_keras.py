@@ -248,3 +248,23 @@ def pack_inputs(model, flat: list):
     if struct is None:
         return flat[0] if len(flat) == 1 else flat
     return keras.tree.pack_sequence_as(struct, flat)
+
+
+def clone_layer(layer, config=None):
+    """A new layer of ``layer``'s class from ``config`` (default: its own).
+
+    Python callables (Lambda functions, activations that are plain Python
+    functions) survive: a custom activation is carried over as the object
+    itself instead of through the config, and Lambda code is rebuilt in a
+    scope where Keras' safe mode is off for this call only.
+    """
+    cfg = dict(config if config is not None else layer.get_config())
+    act = getattr(layer, "activation", None)
+    custom = callable(act) and not (getattr(act, "__module__", "") or "").startswith("keras.")
+    if custom and "activation" in cfg:
+        cfg["activation"] = "linear"
+    with unsafe_deserialization():
+        new = layer.__class__.from_config(cfg)
+    if custom:
+        new.activation = act
+    return new

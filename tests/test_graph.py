@@ -1,19 +1,27 @@
+"""The dependency graph: groups, coverage, handlers and their registry."""
+
 import keras
 import numpy as np
 import pytest
 from keras import layers as L
 
-from acsl_tf.graph.dependency import (
+import acsl_tf
+from acsl_tf.graph import (
+    DependencyGraph,
     LayerHandler,
     PassThrough,
-    analyze,
     get_layer_handler,
-    groups,
-    register_layer_handler,
     supported_layers,
     trace_model,
 )
-from acsl_tf.pruning.shrink import plan_shrink, shrink
+from acsl_tf.graph import handlers as H
+from acsl_tf.pruning import plan_shrink, shrink
+
+
+def group_of(graph, name, role="out"):
+    gs = [g for g in graph.groups.values() if (name, role) in g.members]
+    assert len(gs) == 1, gs
+    return gs[0]
 
 
 def test_residual_add_couples_producers():
@@ -30,10 +38,9 @@ def test_residual_add_couples_producers():
     prunable = [g for g in plan.groups if g.prunable]
     assert len(prunable) == 2
     res = [g for g in prunable if set(g.units) == {"bna", "bnb"}]
-    assert len(res) == 1 and res[0].size == 4
+    assert len(res) == 1 and res[0].size == 4 and res[0].covered
     outs = {name for name, role in res[0].members if role == "out"}
     assert outs == {"a", "b"}
-    # input channels and output channels are never prunable
     assert not any(g.prunable for g in plan.groups if ("out", "out") in g.members)
 
 
@@ -45,12 +52,10 @@ def test_concat_offsets_and_bn_over_concat():
     c = L.BatchNormalization(name="bn")(c)
     m = keras.Model(i, L.Conv2D(2, 1)(c))
     plan = plan_shrink(m, keep={"bn": [0, 2, 3, 7]})
-    sizes = sorted(len(g.keep) for g in plan.groups if g.prunable)
-    assert sizes == [2, 2]  # a keeps 0,2 ; b keeps 0,4
     g_a = [g for g in plan.groups if ("a", "out") in g.members][0]
     g_b = [g for g in plan.groups if ("b", "out") in g.members][0]
     assert g_a.keep == (0, 2) and g_b.keep == (0, 4)
-    small = shrink(m, keep={"bn": [0, 2, 3, 7]})
+    small = shrink(m, keep={"bn": [0, 2, 3, 7]}, verify="raise")
     assert small.get_layer("bn").gamma.shape == (4,)
 
 
@@ -62,12 +67,9 @@ def test_depthwise_couples_input_and_output_and_multiplier_fixes():
     x = L.BatchNormalization(name="bn2")(x)
     y = L.DepthwiseConv2D(3, padding="same", depth_multiplier=2, name="dw2")(x)
     m = keras.Model(i, L.Conv2D(2, 1)(y))
-    an = analyze(trace_model(m))
-    gs = groups(an)
-    g = [s for s in gs.values() if ("dw", "depthwise") in s.members]
-    assert len(g) == 1
-    assert {u for u, _ in g[0].units} == {"bn1", "bn2"}
-    assert "depth_multiplier" in g[0].fixed
+    g = group_of(DependencyGraph(m), "dw", "depthwise")
+    assert set(g.units) == {"bn1", "bn2"}
+    assert "depth_multiplier" in g.fixed
 
 
 def test_grouped_conv_fixes_channels():
@@ -82,7 +84,7 @@ def test_grouped_conv_fixes_channels():
     assert plan.channels_removed == 0
 
 
-def test_se_block_stays_consistent():
+def test_se_block_is_conditional_and_consistent():
     i = keras.Input((8, 8, 3))
     x = L.Conv2D(8, 1, name="c")(i)
     x = L.BatchNormalization(name="bn")(x)
@@ -91,15 +93,18 @@ def test_se_block_stays_consistent():
     s = L.Dense(8, name="ex")(s)
     x = L.Multiply()([x, L.Reshape((1, 1, 8))(s)])
     m = keras.Model(i, L.Conv2D(2, 1)(x))
+    g = group_of(DependencyGraph(m), "ex")
+    assert g.covered and g.conditional  # the gate multiplies a constant channel
     plan = plan_shrink(m, keep={"bn": [1, 2, 5]})
-    g = [g for g in plan.groups if ("ex", "out") in g.members][0]
-    assert g.keep == (1, 2, 5) and ("c", "out") in g.members
-    small = shrink(m, keep={"bn": [1, 2, 5]})
+    pg = [g for g in plan.groups if ("ex", "out") in g.members][0]
+    assert pg.keep == (1, 2, 5) and ("c", "out") in pg.members
+    assert any("squeeze-and-excitation" in n for n in plan.notes)
+    small = shrink(m, plan=plan, verify=False)
     assert small.get_layer("ex").kernel.shape == (2, 3)
     assert small.get_layer("sq").kernel.shape == (3, 2)
 
 
-def test_reshape_of_channel_axis_fixes():
+def test_reshape_of_channel_axis_keeps_channels():
     i = keras.Input((4, 4, 3))
     x = L.Conv2D(6, 1)(i)
     x = L.BatchNormalization(name="bn")(x)
@@ -107,15 +112,17 @@ def test_reshape_of_channel_axis_fixes():
     m = keras.Model(i, L.Dense(2)(x))
     plan = plan_shrink(m, ratio=0.5)
     assert plan.channels_removed == 0
-    assert any(g.reason and "Reshape" in g.reason for g in plan.groups)
+    assert any(g.reason and "reshapes the channel axis" in g.reason for g in plan.groups)
 
 
-def test_channels_first_raises():
+def test_channels_first_keeps_channels():
     i = keras.Input((3, 8, 8))
     x = L.Conv2D(4, 3, data_format="channels_first", name="cf")(i)
-    m = keras.Model(i, x)
-    with pytest.raises(ValueError, match="channels_last"):
-        plan_shrink(m, ratio=0.1)
+    x = L.BatchNormalization(axis=1, name="bn")(x)
+    m = keras.Model(i, L.Conv2D(2, 1, data_format="channels_first")(x))
+    plan = plan_shrink(m, ratio=0.5)
+    assert plan.channels_removed == 0
+    assert any(g.reason and "channels_last" in g.reason for g in plan.groups)
 
 
 def test_shared_layer_one_channel_set():
@@ -127,14 +134,10 @@ def test_shared_layer_one_channel_set():
     y2 = conv(y1)
     y = L.BatchNormalization(name="bn")(L.Add()([y1, y2]))
     m = keras.Model(i, L.Conv2D(2, 1)(y))
-    an = analyze(trace_model(m))
-    roots = {an.find(s) for s in an.maps[an.trace.calls[2].out_keys[0]].sources}
-    # shared conv: its input (bn0 group) and output are unified across calls
-    g = groups(an)
-    shared_out = [s for s in g.values() if ("shared", "out") in s.members]
-    assert len(shared_out) == 1
-    assert {u for u, _ in shared_out[0].units} >= {"bn0", "bn"}
-    assert roots
+    g = group_of(DependencyGraph(m), "shared")
+    assert set(g.units) >= {"bn0", "bn"}
+    calls = [c for c in trace_model(m).calls if c.op.name == "shared"]
+    assert [c.call_index for c in calls] == [0, 1]
 
 
 def test_nested_and_raw_ops_traced():
@@ -151,33 +154,53 @@ def test_nested_and_raw_ops_traced():
     assert "Functional" not in names
     assert {"Sigmoid", "Multiply", "Add"} <= set(names)
     plan = plan_shrink(m, keep={"ibn": [0, 3]})
-    small = shrink(m, keep={"ibn": [0, 3]})
+    small = shrink(m, keep={"ibn": [0, 3]}, verify="raise")
     assert small.get_layer("head").kernel.shape == (1, 1, 2, 2)
     assert small.count_params() == plan.params_after
 
 
-def test_register_custom_handler():
-    class Twice(keras.layers.Layer):
-        def call(self, x):
-            return x * 2.0
+class Twice(keras.layers.Layer):
+    def call(self, x):
+        return x * 2.0
 
+
+def _twice_model():
     i = keras.Input((6, 6, 3))
     x = L.Conv2D(4, 1)(i)
     x = L.BatchNormalization(name="bn")(x)
     x = Twice(name="twice")(x)
-    m = keras.Model(i, L.Conv2D(2, 1)(x))
-    with pytest.raises(ValueError, match="Twice"):
-        plan_shrink(m, ratio=0.5)
-    register_layer_handler(Twice, PassThrough())
-    assert get_layer_handler(Twice()) is not None
-    assert "Twice" in supported_layers()
+    return keras.Model(i, L.Conv2D(2, 1)(x))
+
+
+def test_handlers_are_scoped_to_the_call():
+    m = _twice_model()
+    # unknown layers keep their channels by default and are listed
     plan = plan_shrink(m, ratio=0.5)
+    assert plan.channels_removed == 0 and plan.unknown_layers == ("twice",)
+    with pytest.raises(ValueError, match="Twice"):
+        plan_shrink(m, ratio=0.5, strict=True)
+    plan = plan_shrink(m, ratio=0.5, handlers={Twice: PassThrough(flops="out")})
     assert plan.channels_removed == 2
-    small = shrink(m, ratio=0.5)
-    x_in = np.ones((1, 6, 6, 3), "float32")
-    assert small(x_in).shape == (1, 6, 6, 2)
-    with pytest.raises(ValueError, match="LayerHandler"):
-        register_layer_handler(Twice, object())
+    small = shrink(m, ratio=0.5, handlers={Twice: PassThrough()}, verify="raise")
+    assert small(np.ones((1, 6, 6, 3), "float32")).shape == (1, 6, 6, 2)
+    # nothing leaked into the defaults
+    assert get_layer_handler(Twice()) is None
+    assert plan_shrink(m, ratio=0.5).channels_removed == 0
+    with pytest.raises(TypeError, match="LayerHandler"):
+        plan_shrink(m, ratio=0.5, handlers={Twice: object()})
+
+
+def test_register_layer_handler_process_wide():
+    class Thrice(keras.layers.Layer):
+        def call(self, x):
+            return x * 3.0
+
+    acsl_tf.register_layer_handler(Thrice, PassThrough())
+    try:
+        assert get_layer_handler(Thrice()) is not None
+        assert "Thrice" in supported_layers()
+    finally:
+        H.default_registry().by_class.pop(Thrice)
     assert isinstance(PassThrough(), LayerHandler)
 
 
@@ -186,7 +209,34 @@ def test_model_io_never_pruned():
     x = L.Conv2D(4, 1)(i)
     x = L.BatchNormalization(name="bn")(x)
     m = keras.Model(i, x)
-    plan = plan_shrink(m, ratio=0.9)
+    with pytest.warns(UserWarning, match="none prunable"):
+        plan = plan_shrink(m, ratio=0.9)
     assert plan.channels_removed == 0
     assert any(g.reason == "model output" for g in plan.groups)
     assert any(g.reason == "model input" for g in plan.groups)
+
+
+def test_nothing_prunable_says_why():
+    i = keras.Input((6, 6, 3))
+    x = L.Conv2D(4, 3)(i)
+    x = L.Conv2D(5, 3)(x)
+    m = keras.Model(i, L.Conv2D(2, 1)(x))
+    with pytest.raises(ValueError, match="criterion='l1'"):
+        plan_shrink(m, target_flops=0.5)
+    with pytest.warns(UserWarning, match="no BatchNormalization"):
+        plan_shrink(m, ratio=0.5)
+    assert plan_shrink(m, ratio=0.5, criterion="l1").channels_removed == 4
+
+
+def test_fingerprint_ignores_names_and_weights():
+    def build(prefix, seed):
+        keras.utils.set_random_seed(seed)
+        i = keras.Input((6, 6, 3))
+        x = L.BatchNormalization(name=prefix + "bn")(L.Conv2D(4, 3, name=prefix + "c")(i))
+        return keras.Model(i, L.Conv2D(2, 1, name=prefix + "o")(x))
+
+    a, b = build("a", 0), build("b", 1)
+    assert DependencyGraph(a).fingerprint() == DependencyGraph(b).fingerprint()
+    i = keras.Input((6, 6, 3))
+    c = keras.Model(i, L.Conv2D(2, 1)(L.BatchNormalization()(L.Conv2D(5, 3)(i))))
+    assert DependencyGraph(c).fingerprint() != DependencyGraph(a).fingerprint()

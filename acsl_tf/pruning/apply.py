@@ -368,11 +368,7 @@ def _rebuild_op(graph, call, keep, pending, folds):
         ws = list(ws)
         i = len(ws) - 2  # moving_mean (then moving_variance) close the BN's weights
         ws[i] = (ws[i] - d).astype(ws[i].dtype)
-    with _keras.unsafe_deserialization():
-        new = op.__class__.from_config(cfg)
-    act = getattr(op, "activation", None)
-    if callable(act) and not (getattr(act, "__module__", "") or "").startswith("keras."):
-        new.activation = act  # a Python callable survives without a config round trip
+    new = _keras.clone_layer(op, cfg)
     saved = None
     if type(op).__module__.startswith("keras.") and len(ws) == len(op.weights):
         saved = _preset_initializers(op, new, ws)

@@ -99,11 +99,7 @@ def _clone(model, clone_function):
 def _default_clone(layer):
     if isinstance(layer, keras.layers.InputLayer):
         return layer, layer
-    new = layer.__class__.from_config(layer.get_config())
-    act = getattr(layer, "activation", None)
-    if callable(act) and not (getattr(act, "__module__", "") or "").startswith("keras."):
-        new.activation = act  # Python callables survive without a config round trip
-    return new, layer
+    return _keras.clone_layer(layer), layer
 
 
 def prune_low_correlation(
@@ -172,7 +168,7 @@ def prune_low_correlation(
 
     ```python
     pruned = acsl_tf.prune_low_correlation(model, penalty=1e-4)
-    pruned.compile("adam", "sparse_categorical_crossentropy")
+    pruned.compile(keras.optimizers.SGD(0.05, momentum=0.9), "sparse_categorical_crossentropy")
     pruned.fit(x, y, epochs=5)
     small = acsl_tf.shrink(pruned, ratio=0.5)
     ```
@@ -209,10 +205,12 @@ def prune_low_correlation(
     )
     if not units:
         raise ValueError(
-            f"Model {model.name!r} has no prunable unit: acsl_tf prunes the channels that a "
-            "BatchNormalization (scale=True) scales right after a convolution or Dense layer. "
-            "Add BatchNormalization after your convolutions (Conv -> BN -> activation), or "
-            "check `ignored_layers` / `pruning_policy`."
+            f"Model {model.name!r} has no prunable unit: sparsity training drives the gammas "
+            "of BatchNormalization layers (scale=True) that cover a prunable channel group "
+            "(acsl_tf.plan_shrink(model, ratio=0).summary() says why each group is kept). "
+            "Add BatchNormalization after your convolutions (Conv -> BN -> activation), check "
+            "`ignored_layers` / `pruning_policy`, or prune without sparsity training with a "
+            "weight criterion: acsl_tf.shrink(model, criterion='l1', ...)."
         )
     options = dict(
         penalty=penalty,
