@@ -1,5 +1,16 @@
 """Property-based tests: random functional graphs, random keep masks that
-respect channel groups, outputs equal after zeroing the removed channels."""
+respect channel groups, and the rewrite is never silently wrong.
+
+The generator mixes residual and BN-less adds, concatenations, depthwise and
+separable convs, squeeze-and-excitation gates, activations whose constant is
+not zero (sigmoid, softplus, ``x*2+1``), channel-mixing activations, nested
+models with colliding layer names, shared layers, and raw ``pad`` / ``split``
+/ ``Resizing``. Removed channels keep a non-zero beta. For every example the
+shrunk model either matches the original with the removed gammas zeroed, or
+``shrink`` reports where it is approximate (and says so with the deviation).
+"""
+
+import itertools
 
 import keras
 import numpy as np
@@ -8,10 +19,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from keras import layers as L
 
-from acsl_tf.pruning.profile import profile
-from acsl_tf.pruning import plan_shrink, shrink
+from acsl_tf.pruning import apply_plan, plan_shrink, profile
 
-BLOCKS = ["conv", "residual", "concat", "depthwise", "upsample", "branch_add", "se", "separable"]
+BLOCKS = [
+    "conv", "residual", "concat", "depthwise", "upsample", "branch_add", "se", "separable",
+    "bnless_add", "const_act", "mix_act", "nested", "shared", "pad_split",
+]  # fmt: skip
+_NESTED = itertools.count()
 
 
 def cbr(x, f, k=3):
@@ -57,6 +71,32 @@ def build(data):
         elif kind == "separable":
             x = L.SeparableConv2D(data.draw(st.integers(2, 6)), 3, padding="same")(x)
             x = L.ReLU()(L.BatchNormalization()(x))
+        elif kind == "bnless_add":
+            skip = L.Conv2D(c, 1)(x)  # no BN: the group is not covered by gammas
+            y = L.BatchNormalization()(L.Conv2D(c, 3, padding="same")(x))
+            x = L.ReLU()(L.Add()([skip, y]))
+        elif kind == "const_act":
+            f = data.draw(st.integers(2, 6))
+            y = L.Conv2D(f, 1)(x)
+            y = L.BatchNormalization(center=data.draw(st.booleans()))(y)
+            act = data.draw(st.sampled_from(["sigmoid", "softplus", "tanh", "affine"]))
+            x = y * 2.0 + 1.0 if act == "affine" else L.Activation(act)(y)
+        elif kind == "mix_act":
+            x = L.Conv2D(data.draw(st.integers(2, 6)), 1, activation="softmax")(x)
+            x = L.BatchNormalization()(x)
+        elif kind == "nested":
+            ii = keras.Input(x.shape[1:])
+            t = L.Conv2D(data.draw(st.integers(2, 6)), 1, name="nb_conv")(ii)
+            t = L.ReLU(name="nb_relu")(L.BatchNormalization(name="nb_bn")(t))
+            x = keras.Model(ii, t, name=f"nested_{next(_NESTED)}")(x)
+        elif kind == "shared":
+            conv = L.Conv2D(c, 1)
+            x = L.ReLU()(L.BatchNormalization()(conv(x)))
+            x = L.BatchNormalization()(conv(x))
+        elif kind == "pad_split":
+            y = keras.ops.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]])
+            a, b = keras.ops.split(y, 2, axis=2)
+            x = L.Resizing(8, 8)(L.Add()([a, b]))
     if data.draw(st.booleans(), label="dense_head"):
         x = L.GlobalAveragePooling2D()(x)
         y = L.Dense(3)(x)
@@ -66,36 +106,38 @@ def build(data):
 
 
 def randomize_and_zero(model, rng, frac):
-    for layer in model.layers:
-        if isinstance(layer, L.BatchNormalization):
-            n = layer.gamma.shape[0]
-            layer.set_weights(
-                [
-                    rng.uniform(0.5, 1.5, n),
-                    rng.normal(0, 0.5, n),
-                    rng.normal(0, 0.5, n),
-                    rng.uniform(0.5, 2.0, n),
-                ]
-            )
-    graph = plan_shrink(model, ratio=0.0)._graph
+    """Random BN statistics; pick channels to remove in covered groups and
+    zero their gammas (beta stays non-zero). Returns ``keep`` for shrink."""
+    graph = plan_shrink(model, keep={})._graph
+    for unit in graph.units.values():
+        layer = unit.layer
+        ws = []
+        for v in layer.weights:
+            n = v.shape[0]
+            nm = v.path.split("/")[-1]
+            if "variance" in nm:
+                ws.append(rng.uniform(0.5, 2.0, n))
+            elif "gamma" in nm:
+                ws.append(rng.uniform(0.5, 1.5, n))
+            else:
+                ws.append(rng.normal(0.2, 0.5, n))
+        layer.set_weights([w.astype("float32") for w in ws])
     keep_roots = {}
     for r, grp in graph.groups.items():
         if grp.prunable and grp.covered and grp.size > 1:
             k = max(1, int(round(grp.size * (1 - frac))))
             keep_roots[r] = np.sort(rng.choice(grp.size, k, replace=False))
     bn_keep = {}
-    for unit_name, unit in graph.units.items():
+    for name, unit in graph.units.items():
         f = graph.keep_features(unit.map, keep_roots)
         if f is None:
             continue
-        bn_keep[unit_name] = f.tolist()
-        layer = unit.layer
-        g, b, mm, mv = layer.get_weights()
-        mask = np.ones(g.shape[0], bool)
+        bn_keep[name] = f.tolist()
+        ws = unit.layer.get_weights()
+        mask = np.ones(ws[0].shape[0], bool)
         mask[f] = False
-        g[mask] = 0.0
-        b[mask] = 0.0
-        layer.set_weights([g, b, mm, mv])
+        ws[0][mask] = 0.0
+        unit.layer.set_weights(ws)
     return bn_keep
 
 
@@ -105,26 +147,30 @@ def check(data):
     frac = data.draw(st.floats(0.1, 0.8), label="frac")
     rng = np.random.default_rng(seed)
     keep = randomize_and_zero(model, rng, frac)
-    x = rng.standard_normal((2, 8, 8, 3)).astype("float32")
-    y0 = np.asarray(model(x, training=False))
     plan = plan_shrink(model, keep=keep)
-    small = shrink(model, keep=keep)
-    y1 = np.asarray(small(x, training=False))
-    np.testing.assert_allclose(y0, y1, atol=1e-5, rtol=1e-4)
+    res = apply_plan(model, plan, verify=False)
+    small = res.model
+    # measured here, independently of shrink's own probe
+    x = rng.standard_normal((2, 8, 8, 3)).astype("float32")
+    y0 = np.asarray(model(x, training=False), np.float64)
+    y1 = np.asarray(small(x, training=False), np.float64)
+    rel = np.abs(y0 - y1).max() / max(np.abs(y0).max(), 1e-6)
+    notes = set(res.approximations) | set(plan.notes)
+    assert rel <= 1e-4 or notes, f"silently wrong: relative deviation {rel:.3g}"
     assert small.count_params() == plan.params_after
     assert profile(small).total_flops == plan.flops_after
-    if keep and any(len(v) < model.get_layer(k).gamma.shape[0] for k, v in keep.items()):
+    if any(g.removed for g in plan.groups):
         assert plan.params_after < plan.params_before
 
 
-@settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.data())
 def test_random_graphs_equivalent(data):
     check(data)
 
 
 @pytest.mark.slow
-@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=500, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.data())
 def test_random_graphs_equivalent_many(data):
     check(data)
