@@ -41,10 +41,13 @@ def test_rate_controller_meets_budget_and_checks_every_quarter_epoch():
     # 8 steps per epoch -> "auto" checks every 2 steps.
     assert steps == list(range(2, 49, 2))
     reductions = [h["reduction"] for h in cb.history]
-    assert reductions[-1] >= 0.5
-    # Met around reach_at (0.6 * 48 steps = 28.8), not at the first check.
-    first = next(h["step"] for h in cb.history if h["reduction"] >= 0.5)
+    # Within the tolerance of the target: the protection of the kept
+    # channels holds the overshoot back.
+    assert 0.45 <= reductions[-1] <= 0.55
+    # Reached around reach_at (0.6 * 48 steps = 28.8), not at the first check.
+    first = next(h["step"] for h in cb.history if h["reduction"] >= 0.45)
     assert 8 <= first <= 40
+    assert all(h["kept_min"] > 0.0 for h in cb.history)
     # The strength was raised while the level fell too slowly.
     assert max(h["scale"] for h in cb.history) > 1.0
     # Logged values agree with plan_shrink.
@@ -88,17 +91,22 @@ class _Scripted(acsl_tf.BudgetStrength):
         return self.script[0][0]
 
     def level(self):
-        return self.script.pop(0)[1]
+        entry = self.script.pop(0)
+        # (reduction, level[, smallest kept gamma]); no kept gamma: no protection.
+        self._kept_min = entry[2] if len(entry) > 2 else float("inf")
+        return entry[1]
 
 
-def _drive(script, total_steps=100, every=10, start_level=1.0, start_step=0):
+def _drive(script, total_steps=100, every=10, start_level=1.0, start_step=0, start_kept=None):
     w = _wrapped()
     cb = _Scripted(script)
     cb.set_model(w)
     cb._wrappers = acsl_tf.get_wrappers(w)
     cb._kind, cb._target = "flops", 0.5
     cb._total_steps, cb._every, cb._step, cb._epoch = total_steps, every, start_step, 0
+    cb._start, cb._state_size = 0, 8
     cb._last, cb._last_reduction = (start_step, start_level), 0.0
+    cb._last_kept = float("inf") if start_kept is None else start_kept
     scales = []
     for _ in range(len(script)):
         cb._step += every
@@ -136,6 +144,59 @@ def test_rate_rule_step_by_step():
     assert min(_drive([(0.9, 0.0)] * 30)) == pytest.approx(1e-6)
 
 
+def test_protection_of_the_kept_channels_step_by_step():
+    # Not met, level not falling: the rate rule asks for the full factor 2.
+    # The smallest kept gamma fell 0.30 -> 0.25 in the last check (0.05 per
+    # check); its gap to the threshold is 0.20, protect=4 lets it close a
+    # quarter of that per check: 0.05 / 0.05 = x1.0 at most.
+    assert _drive([(0.0, 1.0, 0.25)], start_kept=0.30)[0] == pytest.approx(1.0)
+    # Falling twice as fast (0.10 per check): the strength is halved.
+    assert _drive([(0.0, 1.0, 0.25)], start_kept=0.35)[0] == pytest.approx(0.5)
+    # Far from the threshold the protection leaves the raise alone.
+    assert _drive([(0.0, 1.0, 0.95)], start_kept=1.0)[0] == pytest.approx(2.0)
+    # A kept channel at or under the threshold, still falling: the largest
+    # cut, factor ** 2 per check.
+    assert _drive([(0.3, 0.2, 0.04)], start_kept=0.06)[0] == pytest.approx(0.25)
+    # A kept gamma that rises is no reason to ease.
+    assert _drive([(0.0, 1.0, 0.06)], start_kept=0.055)[0] == pytest.approx(2.0)
+
+
+def test_protection_can_be_switched_off():
+    w = _wrapped()
+    cb = _Scripted([(0.0, 1.0, 0.25)], protect=0)
+    cb.set_model(w)
+    cb._wrappers = acsl_tf.get_wrappers(w)
+    cb._kind, cb._target = "flops", 0.5
+    cb._total_steps, cb._every, cb._step, cb._epoch, cb._start = 100, 10, 10, 0, 0
+    cb._last, cb._last_reduction, cb._last_kept, cb._state_size = (0, 1.0), 0.0, 0.35, 8
+    cb._rate_check(0)
+    assert cb.history[-1]["scale"] == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize(
+    "reduction, match",
+    [(0.30, "missed: 30.0% .* 20.0% short"), (0.70, "overshot: 70.0% .* 20.0% over")],
+)
+def test_end_of_training_warns_when_budget_missed_or_overshot(reduction, match):
+    w = _wrapped()
+    cb = _Scripted([])
+    cb._wrappers = acsl_tf.get_wrappers(w)
+    cb._kind, cb._target = "flops", 0.5
+    cb.history = [{"reduction": reduction}]
+    with pytest.warns(UserWarning, match=match):
+        cb.on_train_end()
+
+
+def test_no_warning_within_tolerance(recwarn):
+    w = _wrapped()
+    cb = _Scripted([])
+    cb._wrappers = acsl_tf.get_wrappers(w)
+    cb._kind, cb._target = "flops", 0.5
+    cb.history = [{"reduction": 0.53}]
+    cb.on_train_end()
+    assert not [r for r in recwarn if "BudgetStrength" in str(r.message)]
+
+
 @pytest.mark.filterwarnings("ignore:Your input ran out of data")
 def test_unknown_epoch_length_switches_to_quarter_epochs_after_epoch_one():
     import tensorflow as tf
@@ -166,15 +227,52 @@ def test_impossible_budget_fails_at_train_begin():
     [
         (dict(controller="pid"), "controller"),
         (dict(update_every=0), "update_every"),
-        (dict(update_every=True), "update_every"),
         (dict(update_every="epoch"), "update_every"),
         (dict(reach_at=0.0), "reach_at"),
         (dict(reach_at=1.5), "reach_at"),
+        (dict(max_scale=-1), r"Received: max_scale=-1\.0$"),
+        (dict(max_scale=0), "Received: max_scale=0"),
+        (dict(max_scale=float("nan")), "Received: max_scale=nan"),
+        (dict(factor=float("inf")), "Received: factor=inf"),
+        (dict(factor=1.0), "Received: factor=1"),
+        (dict(threshold=0.0), "Received: threshold=0"),
+        (dict(threshold=-0.1), "Received: threshold=-0.1"),
+        (dict(tolerance=-0.01), "Received: tolerance=-0.01"),
+        (dict(tolerance=1.0), "Received: tolerance=1"),
+        (dict(protect=-1), "Received: protect=-1"),
+        (dict(reach_at=float("nan")), "Received: reach_at=nan"),
     ],
 )
 def test_rate_options_rejected(kwargs, match):
     with pytest.raises(ValueError, match=match):
         acsl_tf.BudgetStrength(target_flops=0.5, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(threshold="a"), "Received: threshold='a'"),
+        (dict(factor=None), "Received: factor=None"),
+        (dict(max_scale=True), "Received: max_scale=True"),
+        (dict(update_every=True), "Received: update_every=True"),
+        (dict(update_every=2.5), "Received: update_every=2.5"),
+        (dict(controller=1), "Received: controller=1"),
+        (dict(verbose="yes"), "Received: verbose='yes'"),
+        (dict(target_flops="half"), "Received: target_flops='half'"),
+        (dict(tolerance=[0.1]), r"Received: tolerance=\[0.1\]"),
+    ],
+)
+def test_wrong_types_raise_type_error(kwargs, match):
+    kwargs.setdefault("target_flops", 0.5)
+    with pytest.raises(TypeError, match=match):
+        acsl_tf.BudgetStrength(**kwargs)
+
+
+def test_valid_numbers_of_numpy_types_are_accepted():
+    cb = acsl_tf.BudgetStrength(
+        target_flops=np.float32(0.5), threshold=np.float64(0.05), update_every=np.int64(3)
+    )
+    assert (cb.target_flops, cb.threshold, cb.update_every) == (0.5, 0.05, 3)
 
 
 def test_verbose_line_reports_level(capsys):

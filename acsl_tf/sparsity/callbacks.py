@@ -15,6 +15,7 @@ except ImportError:  # pragma: no cover - private module moved
     _print_msg = print
 
 from acsl_tf.sparsity.api import get_wrappers
+from acsl_tf.sparsity.wrapper import CONTROLLER_STATE_SIZE
 
 
 def _wrappers_or_raise(model, who):
@@ -280,7 +281,9 @@ class BudgetStrength(_PenaltyLogs, keras.callbacks.Callback):
         self.update_every = update_every if update_every == "auto" else int(update_every)
         self.verbose = int(verbose)
         self.history = []
-        self._kept_min = math.inf
+        self._kept_min = self._last_kept = math.inf
+        self._epoch_steps = None
+        self._state_size = CONTROLLER_STATE_SIZE
 
     def _resolve_target(self, wrappers):
         if self.target_flops is not None:

@@ -126,8 +126,9 @@ class PruneLowCorrelation(keras.layers.Wrapper):
         target_params: optional parameter-reduction budget (fraction).
         moving_stats_momentum: momentum of the BatchNorm moving statistics
             during sparsity training, in [0, 1), or None to keep the
-            BatchNorm's own momentum. The default 0.9 averages about the last
-            20 batches, as :func:`acsl_tf.recalibrate_batchnorm` does.
+            BatchNorm's own momentum. The default 0.5 follows the activations
+            within a few steps even under a strength multiplier of 10-20
+            (docs/ACSL.md has the measurement).
     """
 
     def __init__(
@@ -148,7 +149,7 @@ class PruneLowCorrelation(keras.layers.Wrapper):
         method: str = "acsl",
         target_flops=None,
         target_params=None,
-        moving_stats_momentum=0.9,
+        moving_stats_momentum=0.5,
         **kwargs,
     ):
         if not isinstance(layer, keras.layers.BatchNormalization):
