@@ -248,7 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="LAYER",
-        help="keep all channels of this layer (repeatable)",
+        help="keep all channels of this layer (repeatable; with --plan, repeat the ones the "
+        "plan was made with)",
     )
     opt.add_argument(
         "--seed", type=int, default=0, metavar="N", help="seed of the random criterion (default: 0)"

@@ -18,6 +18,9 @@ import pytest
 import acsl_tf
 from acsl_tf import cli
 
+# shrink measures how exact it is and warns about same-padded convs; expected here.
+pytestmark = pytest.mark.filterwarnings("ignore:shrink of:UserWarning")
+
 ROOT = Path(__file__).resolve().parents[1]
 INPUT_SHAPE = (16, 16, 3)
 PLAN_API = hasattr(acsl_tf.ShrinkPlan, "load") and hasattr(acsl_tf.ShrinkPlan, "save")
