@@ -235,8 +235,19 @@ def test_maybe_from_and_to_tf_keras():
     assert interop.maybe_to_tf_keras(k3, False) is k3
 
 
+def _tfmot():
+    """tfmot, imported through the guard (a bare import would flip `tf.keras`)."""
+    from acsl_tf.interop import _legacy
+
+    try:
+        return _legacy.tfmot()
+    except ImportError:  # pragma: no cover - installed by scripts/bootstrap.sh
+        pytest.skip("tensorflow-model-optimization is not installed")
+
+
+@pytest.mark.slow
 def test_tfmot_accepts_converted_shrunk_model():
-    tfmot = pytest.importorskip("tensorflow_model_optimization")
+    tfmot = _tfmot()
     small = acsl_tf.shrink(_randomize(small_cnn((8, 8, 3), filters=(8, 12))), ratio=0.3)
     legacy = interop.to_tf_keras(small)
     q = tfmot.quantization.keras.quantize_model(legacy)
@@ -351,8 +362,5 @@ def test_importing_acsl_tf_and_tfmot_leaves_keras_alone():
 
 def test_environment_value_is_restored(monkeypatch):
     monkeypatch.setenv("TF_USE_LEGACY_KERAS", "0")
-    pytest.importorskip("tensorflow_model_optimization")
-    from acsl_tf.interop import _legacy
-
-    _legacy.tfmot()
+    _tfmot()
     assert os.environ["TF_USE_LEGACY_KERAS"] == "0"
