@@ -15,7 +15,9 @@ import glob
 import os
 import re
 import shutil
+import signal
 import tempfile
+import threading
 
 TMP_PREFIX = ".tmp-acsl_tf-"
 EXPORT_TMP_PREFIX = "acsl_tf-export-"
@@ -23,6 +25,38 @@ EXPORT_TMP_PREFIX = "acsl_tf-export-"
 
 def _tmp_prefix() -> str:
     return f"{TMP_PREFIX}{os.getpid()}-"
+
+
+def _raise_system_exit(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def cleanup_on_sigterm():
+    """Turn ``SIGTERM`` into ``SystemExit(143)`` while the block runs, so that
+    the ``finally`` clauses that remove temporary files run before the process
+    ends.
+
+    Only done in the main thread and only while ``SIGTERM`` has its default
+    action (which would end the process without any cleanup); a handler
+    installed by the application is left alone. The default is restored on
+    exit. ``SIGKILL`` cannot be caught: see :func:`remove_stale_temp_dirs`.
+    """
+    sigterm = getattr(signal, "SIGTERM", None)
+    install = sigterm is not None and threading.current_thread() is threading.main_thread()
+    if install:
+        try:
+            install = signal.getsignal(sigterm) is signal.SIG_DFL
+        except (ValueError, OSError):  # pragma: no cover - exotic embeddings
+            install = False
+    if not install:
+        yield
+        return
+    signal.signal(sigterm, _raise_system_exit)
+    try:
+        yield
+    finally:
+        signal.signal(sigterm, signal.SIG_DFL)
 
 
 def check_writable(path, *, overwrite: bool = False, argname: str = "path") -> str:
@@ -113,18 +147,19 @@ def atomic_write_bytes(path, data: bytes, *, overwrite: bool = False) -> str:
     """
     path = check_writable(path, overwrite=overwrite)
     parent = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(), dir=parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with cleanup_on_sigterm():
+        fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(), dir=parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, _umask_mode())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
     return path
 
 
@@ -152,7 +187,7 @@ def atomic_write_group(files, *, overwrite: bool = False) -> list[str]:
     """
     files = [(check_writable(p, overwrite=overwrite), bytes(data)) for p, data in files]
     temps = []
-    try:
+    with cleanup_on_sigterm(), _remove_on_exit(temps):
         for path, data in files:
             parent = os.path.dirname(os.path.abspath(path))
             fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(), dir=parent)
@@ -164,11 +199,17 @@ def atomic_write_group(files, *, overwrite: bool = False) -> list[str]:
             os.chmod(tmp, _umask_mode())
         for (path, _), tmp in zip(files, temps):
             os.replace(tmp, path)
-    finally:
-        for tmp in temps:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
     return [p for p, _ in files]
+
+
+@contextlib.contextmanager
+def _remove_on_exit(paths):
+    try:
+        yield
+    finally:
+        for p in paths:
+            with contextlib.suppress(OSError):
+                os.unlink(p)
 
 
 @contextlib.contextmanager
@@ -199,7 +240,8 @@ def atomic_path(path, *, overwrite: bool = False, suffix: str = ""):
         name += suffix
     tmp = os.path.join(tmp_dir, name)
     try:
-        yield tmp
+        with cleanup_on_sigterm():
+            yield tmp
         if not os.path.lexists(tmp):
             raise FileNotFoundError(
                 f"The writer did not create the temporary file; nothing was written to "
@@ -257,8 +299,9 @@ def export_temp_dir():
     processes are removed first (see :func:`remove_stale_temp_dirs`)."""
     with contextlib.suppress(OSError):
         remove_stale_temp_dirs()
-    d = tempfile.mkdtemp(prefix=f"{EXPORT_TMP_PREFIX}{os.getpid()}-")
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
+    with cleanup_on_sigterm():
+        d = tempfile.mkdtemp(prefix=f"{EXPORT_TMP_PREFIX}{os.getpid()}-")
+        try:
+            yield d
+        finally:
+            shutil.rmtree(d, ignore_errors=True)

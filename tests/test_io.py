@@ -1,5 +1,8 @@
 import os
+import signal
 import stat
+import subprocess
+import sys
 
 import pytest
 
@@ -135,3 +138,60 @@ def test_failed_writer_leaves_nothing(tmp_path):
             f.write(b"whole")
     assert p.read_bytes() == b"whole"
     assert os.listdir(tmp_path) == ["model.keras"]
+
+
+SIGTERM_SCRIPT = """
+import sys, time
+from acsl_tf import _io
+with _io.export_temp_dir() as d:
+    with _io.atomic_path(sys.argv[1]) as tmp:
+        open(tmp, "w").write("partial")
+        print(d, flush=True)
+        print(tmp, flush=True)
+        time.sleep(120)
+"""
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGTERM") or os.name != "posix", reason="POSIX signals")
+def test_sigterm_during_a_write_cleans_up(tmp_path):
+    """SIGTERM (e.g. `kill`, a job scheduler's timeout) removes the temporary
+    SavedModel directory and the half-written file before the process ends."""
+    systmp = tmp_path / "systmp"
+    out = tmp_path / "out"
+    systmp.mkdir()
+    out.mkdir()
+    env = dict(os.environ, TMPDIR=str(systmp))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SIGTERM_SCRIPT, str(out / "model.keras")],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        export_dir = proc.stdout.readline().strip()
+        tmp = proc.stdout.readline().strip()
+        assert os.path.isdir(export_dir) and os.path.isfile(tmp)
+        assert os.path.basename(export_dir).startswith(_io.EXPORT_TMP_PREFIX)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert os.listdir(systmp) == []
+    assert os.listdir(out) == []
+
+
+def test_sigterm_handler_of_the_application_is_kept():
+    def mine(signum, frame):
+        pass
+
+    previous = signal.signal(signal.SIGTERM, mine)
+    try:
+        with _io.cleanup_on_sigterm():
+            assert signal.getsignal(signal.SIGTERM) is mine
+        assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    with _io.cleanup_on_sigterm():
+        assert signal.getsignal(signal.SIGTERM) is _io._raise_system_exit
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
