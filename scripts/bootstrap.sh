@@ -21,3 +21,4 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q -e ".[export,dev]"
   touch "$stamp"
 fi
+.venv/bin/python -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in ('tf_keras', 'tensorflow_model_optimization', 'tree')))" || .venv/bin/python -m pip install -q --no-deps "tf_keras==$(.venv/bin/python -c 'import tensorflow as t; print(t.__version__.rsplit(".", 1)[0])').*" tensorflow-model-optimization==0.8.1 dm-tree  # acsl_tf.interop (QAT): tf_keras + tfmot; --no-deps keeps the CPU TensorFlow wheel
