@@ -733,6 +733,36 @@ class ProducerHandler(LayerHandler):
 
 
 class ConvHandler(ProducerHandler):
+    """Conv1D/2D/3D. A grouped conv with ``groups == filters == input
+    channels`` is a depthwise conv (ConvNeXt writes it so): it couples its
+    input and output channels; other grouped convs keep their channels."""
+
+    def _depthwise(self, g, call):
+        layer = call.op
+        cin = g.in_shape(call)[-1]
+        return layer.groups > 1 and layer.groups == layer.filters == cin
+
+    def propagate(self, g, call):
+        if self._depthwise(g, call) and _channels_last(call.op):
+            m = g.shared_inputs(call, g.in_maps(call))[0]
+            g.add_member(m, call.op, "depthwise")
+            if not is_elementwise_activation(getattr(call.op, "activation", None)):
+                g.fix(m, f"{g.name(call.op)!r} applies an activation not known to act per channel")
+            return [m]
+        return super().propagate(g, call)
+
+    def coverage_kind(self, g, call):
+        return "pass" if self._depthwise(g, call) else "producer"
+
+    def rebuild(self, layer, in_keep, out_keep):
+        if layer.groups > 1 and layer.groups == layer.filters and in_keep[0] is not None:
+            keep = in_keep[0]
+            cfg = layer.get_config()
+            cfg["filters"] = cfg["groups"] = len(keep)
+            ws = _weights(layer)
+            return cfg, [ws[0][..., keep]] + self._bias(layer, ws, 1, keep)
+        return super().rebuild(layer, in_keep, out_keep)
+
     def _in_fixed(self, layer):
         if getattr(layer, "groups", 1) != 1:
             return f"grouped convolution {layer.name!r} (groups={layer.groups})"
