@@ -118,3 +118,11 @@ __all__ += [
     "spatial_affinity",
 ]
 # --- end distillation ---
+
+# --- interop: tf_keras models in and out, QAT through tfmot (acsl_tf.interop) ---
+# tf_keras and tfmot are imported only when one of these functions runs.
+from acsl_tf import interop  # noqa: E402
+from acsl_tf.interop import from_tf_keras, quantize_aware, shrink_tf_keras, to_tf_keras  # noqa: E402
+
+__all__ += ["interop", "from_tf_keras", "quantize_aware", "shrink_tf_keras", "to_tf_keras"]
+# --- end interop ---
