@@ -15,7 +15,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   if [ "$(uname -s)" = "Linux" ] && [ "$(uname -m)" = "x86_64" ]; then
     TF="tensorflow-cpu==2.21.0"
   else
-    TF="tensorflow>=2.16"
+    TF="tensorflow>=2.18"
   fi
   .venv/bin/python -m pip install -q "$TF"
   .venv/bin/python -m pip install -q -e ".[export,dev]"
