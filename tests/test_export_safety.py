@@ -182,6 +182,42 @@ def test_converter_is_quiet_unless_verbose(fresh, tmp_path, capfd):
     assert "Saved artifact at" in out + err  # model.export speaks too
 
 
+QUIET_SCRIPT = """
+import numpy as np, keras
+from acsl_tf.export import to_tflite
+i = keras.Input((8, 8, 3))
+x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(i))
+m = keras.Model(i, keras.layers.Dense(3, activation="softmax")(x))
+rep = np.random.default_rng(0).random((8, 8, 8, 3), dtype=np.float32)
+print("=== START", flush=True)
+to_tflite(m, "q.tflite", quantization="int8", representative_data=rep)
+print("=== END", flush=True)
+"""
+
+
+def test_conversion_prints_nothing_in_a_plain_process(tmp_path):
+    """Without TF_CPP_MIN_LOG_LEVEL the converter's C++ logging is on; none of
+    it reaches the terminal."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    proc = subprocess.run(
+        [sys.executable, "-c", QUIET_SCRIPT],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,  # one stream, in the order written
+        text=True,
+        timeout=600,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    between = proc.stdout.split("=== START", 1)[1].split("=== END", 1)[0]
+    assert between.strip() == "", between
+    assert (tmp_path / "q.tflite").is_file()
+
+
 # --- parity of probability outputs -------------------------------------------------
 
 
