@@ -99,7 +99,7 @@ def removed_masks(graph, keep: dict):
     return unit_masks, prod_masks
 
 
-def probe(graph, keep: dict, *, batch: int = 2, seed: int = 0) -> Probe:
+def probe(graph, keep: dict, *, batch: int = 1, seed: int = 0) -> Probe:
     """Run the original graph with the removed channels silenced."""
     tr = graph.trace
     inputs = probe_inputs(tr, batch, seed)
@@ -143,6 +143,12 @@ def fold_plan(graph, keep: dict, pr: Probe) -> tuple[dict, list]:
     tr = graph.trace
     per_op: dict = {}
     notes: list = []
+    readers_of: dict = {}
+    ncalls: dict = {}
+    for c in tr.calls:
+        ncalls[id(c.op)] = ncalls.get(id(c.op), 0) + 1
+        for k in c.in_keys:
+            readers_of.setdefault(k, []).append(c)
     for call in tr.calls:
         h = graph.handler(call.op)
         if h is None or not isinstance(call.op, keras.layers.Layer):
@@ -153,16 +159,18 @@ def fold_plan(graph, keep: dict, pr: Probe) -> tuple[dict, list]:
         ik = graph.keep_features(m, keep)
         if ik is None:
             continue
-        v = np.asarray(pr.values[call.in_keys[0]], np.float64)
-        v = v.reshape(-1, v.shape[-1])
-        consts = v.mean(axis=0)
-        removed = np.ones(consts.shape[0], bool)
+        n_feat = graph.size(m)
+        removed = np.ones(n_feat, bool)
         removed[ik] = False
+        v = np.asarray(pr.values[call.in_keys[0]]).reshape(-1, n_feat)[:, removed]
+        v = v.astype(np.float64)
+        consts = np.zeros(n_feat)
+        consts[removed] = v.mean(axis=0)
         res = h.fold(call.op, consts, removed)
         if res is None:
             continue
         delta, note = res
-        spread = float(np.abs(v[:, removed] - consts[removed]).max()) if removed.any() else 0.0
+        spread = float(np.abs(v - consts[removed]).max()) if removed.any() else 0.0
         scale = float(np.abs(consts[removed]).max()) if removed.any() else 0.0
         if spread > 1e-6 * (1.0 + scale):
             note = (
@@ -186,12 +194,11 @@ def fold_plan(graph, keep: dict, pr: Probe) -> tuple[dict, list]:
         notes.extend(op_notes)
         target = ("bias", delta)
         if not getattr(call.op, "use_bias", True) and len(items) == 1:
-            readers = [c for c in tr.calls if call.out_keys[0] in c.in_keys]
+            readers = readers_of.get(call.out_keys[0], [])
             if (
                 len(readers) == 1
                 and type(readers[0].op) is keras.layers.BatchNormalization
-                and readers[0].call_index == 0
-                and sum(1 for c in tr.calls if c.op is readers[0].op) == 1
+                and ncalls[id(readers[0].op)] == 1
             ):
                 target = ("mean", delta, readers[0].op)
         folds[key] = target
