@@ -158,9 +158,7 @@ def recalibrate_batchnorm(model, data, *, steps: int | None = 20, batch_size: in
         input_rank = None
     momenta = [bn.momentum for bn in bns]
     state = [
-        v
-        for w in wrappers
-        for v in (w.affinity, w.strength, w.step, w.updates, w.penalty_total)
+        v for w in wrappers for v in (w.affinity, w.strength, w.step, w.updates, w.penalty_total)
     ]
     saved = [np.array(v) for v in state]
     used = 0

@@ -74,7 +74,9 @@ class _PenaltyLogs:
         return total
 
     def _penalty_now(self):
-        return float(sum(float(keras.ops.convert_to_numpy(w.penalty_loss())) for w in self._wrappers))
+        return float(
+            sum(float(keras.ops.convert_to_numpy(w.penalty_loss())) for w in self._wrappers)
+        )
 
     def _penalty_logs(self, logs):
         if logs is None:

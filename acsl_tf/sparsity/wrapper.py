@@ -452,9 +452,7 @@ class PruneLowCorrelation(keras.layers.Wrapper):
         penalty = self.penalty_loss()
         if training is True:
             batch = ops.cast(ops.shape(inputs)[0], "float64")
-            self.penalty_total.assign_add(
-                ops.stack([ops.cast(penalty, "float64") * batch, batch])
-            )
+            self.penalty_total.assign_add(ops.stack([ops.cast(penalty, "float64") * batch, batch]))
         self.add_loss(penalty)
         return outputs
 

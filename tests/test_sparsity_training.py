@@ -1,0 +1,215 @@
+"""Sparsity training a user can trust: exact resume of the budget controller,
+the penalty apart from the task loss in the logs, and the warnings for a
+budget without its controller and for optimizers that cancel L1."""
+
+import warnings
+
+import keras
+import numpy as np
+import pytest
+
+import acsl_tf
+from tests._models import small_cnn
+
+
+def _data(n=64, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, 8, 8, 3)).astype("float32"), rng.integers(0, 3, n)
+
+
+def _wrapped(target=0.5):
+    keras.utils.set_random_seed(0)
+    w = acsl_tf.prune_low_correlation(
+        small_cnn(filters=(8, 12)), penalty=2e-3, target={"flops": target}, update_every=1
+    )
+    for wr in acsl_tf.get_wrappers(w):
+        wr.layer.gamma.assign(np.full(wr.layer.gamma.shape, 0.3, "float32"))
+    return w
+
+
+def _compile(w, optimizer=None):
+    w.compile(
+        optimizer or keras.optimizers.SGD(0.05, momentum=0.9),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+
+
+def test_resume_from_keras_file_is_bit_identical(tmp_path):
+    x, y = _data()
+    kw = dict(batch_size=8, verbose=0, shuffle=False)
+
+    straight = _wrapped()
+    _compile(straight)
+    cb = acsl_tf.BudgetStrength(threshold=5e-2, verbose=0)
+    straight.fit(x, y, epochs=4, callbacks=[cb], **kw)
+    # The controller did act during the run (not a trivial resume).
+    assert len({round(h["scale"], 6) for h in cb.history}) > 3
+
+    first = _wrapped()
+    _compile(first)
+    first.fit(x, y, epochs=2, callbacks=[acsl_tf.BudgetStrength(threshold=5e-2, verbose=0)], **kw)
+    path = tmp_path / "half.keras"
+    first.save(path)
+    del first
+    resumed = keras.models.load_model(path)
+    resumed.fit(
+        x,
+        y,
+        epochs=4,
+        initial_epoch=2,
+        callbacks=[acsl_tf.BudgetStrength(threshold=5e-2, verbose=0)],
+        **kw,
+    )
+    a, b = straight.variables, resumed.variables
+    assert len(a) == len(b) == 41
+    differ = [u.path for u, v in zip(a, b) if not np.array_equal(u.numpy(), v.numpy())]
+    assert differ == []
+    wr = acsl_tf.get_wrappers(resumed)[0]
+    assert float(np.asarray(wr.budget_scale)) == pytest.approx(cb.history[-1]["scale"])
+    assert np.asarray(wr.controller_state)[0] == 1.0
+
+
+def test_second_fit_without_initial_epoch_starts_a_new_schedule():
+    x, y = _data(32)
+    w = _wrapped()
+    _compile(w)
+    w.fit(
+        x,
+        y,
+        epochs=1,
+        batch_size=8,
+        verbose=0,
+        callbacks=[acsl_tf.BudgetStrength(threshold=5e-2, verbose=0)],
+    )
+    cb = acsl_tf.BudgetStrength(threshold=5e-2, verbose=0)
+    w.fit(x, y, epochs=2, batch_size=8, verbose=0, callbacks=[cb])
+    # 4 steps per epoch, one check per step; the second fit spans steps 4..12.
+    assert [h["step"] for h in cb.history] == list(range(5, 13))
+    assert (cb._start, cb._total_steps) == (4, 12)
+
+
+def test_penalty_and_task_loss_are_logged_apart():
+    x, y = _data()
+    xv, yv = _data(32, seed=1)
+    w = _wrapped()
+    _compile(w)
+    cb = acsl_tf.BudgetStrength(threshold=5e-2, verbose=0)
+    hist = w.fit(
+        x, y, epochs=2, batch_size=8, verbose=0, validation_data=(xv, yv), callbacks=[cb]
+    ).history
+    for key in ("penalty_loss", "task_loss", "val_penalty_loss", "val_task_loss"):
+        assert len(hist[key]) == 2
+    np.testing.assert_allclose(
+        np.add(hist["task_loss"], hist["penalty_loss"]), hist["loss"], rtol=1e-6
+    )
+    assert min(hist["penalty_loss"]) > 0
+    # val_task_loss is the task loss of the model without its penalty: the
+    # same weights without the wrappers give it directly.
+    plain = acsl_tf.strip_pruning(w)
+    plain.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    task = plain.evaluate(xv, yv, batch_size=32, verbose=0)
+    assert hist["val_task_loss"][-1] == pytest.approx(task, rel=1e-5)
+    penalty = sum(float(wr.penalty_loss()) for wr in acsl_tf.get_wrappers(w))
+    assert hist["val_penalty_loss"][-1] == pytest.approx(penalty, rel=1e-6)
+
+
+def test_penalty_metrics_callback_without_a_budget():
+    x, y = _data()
+    keras.utils.set_random_seed(0)
+    w = acsl_tf.prune_low_correlation(small_cnn(), penalty=1e-2)
+    _compile(w)
+    hist = w.fit(
+        x,
+        y,
+        epochs=1,
+        batch_size=8,
+        verbose=0,
+        validation_data=(x[:16], y[:16]),
+        callbacks=[acsl_tf.callbacks.PenaltyMetrics()],
+    ).history
+    assert hist["task_loss"][0] == pytest.approx(hist["loss"][0] - hist["penalty_loss"][0])
+    assert hist["val_task_loss"][0] == pytest.approx(
+        hist["val_loss"][0] - hist["val_penalty_loss"][0]
+    )
+    assert hist["penalty_loss"][0] > 0.01  # 1e-2 * sum |gamma| with gammas near 1
+
+
+def test_budget_without_budget_strength_warns():
+    x, y = _data(16)
+    w = _wrapped()
+    _compile(w)
+    with pytest.warns(UserWarning, match="no acsl_tf.BudgetStrength callback is in this `fit`"):
+        w.fit(x, y, epochs=1, batch_size=8, verbose=0)
+
+
+def test_budget_with_budget_strength_does_not_warn():
+    x, y = _data(16)
+    w = _wrapped()
+    _compile(w)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        w.fit(
+            x,
+            y,
+            epochs=1,
+            batch_size=8,
+            verbose=0,
+            callbacks=[acsl_tf.BudgetStrength(threshold=5e-2, verbose=0, tolerance=0.9)],
+        )
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "rmsprop", "adamw"])
+def test_optimizers_that_cancel_l1_warn(optimizer):
+    x, y = _data(16)
+    keras.utils.set_random_seed(0)
+    w = acsl_tf.prune_low_correlation(small_cnn(), penalty=1e-3)
+    _compile(w, optimizer)
+    with pytest.warns(UserWarning, match="Use keras.optimizers.SGD"):
+        w.fit(x, y, epochs=1, batch_size=8, verbose=0)
+
+
+def test_sgd_does_not_warn():
+    x, y = _data(16)
+    keras.utils.set_random_seed(0)
+    w = acsl_tf.prune_low_correlation(small_cnn(), penalty=1e-3)
+    _compile(w)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        w.fit(x, y, epochs=1, batch_size=8, verbose=0)
+
+
+def test_verbose_line_starts_on_a_new_line_after_the_progress_bar(capsys):
+    x, y = _data(16)
+    w = _wrapped()
+    _compile(w)
+    w.fit(
+        x,
+        y,
+        epochs=1,
+        batch_size=8,
+        verbose=1,
+        callbacks=[acsl_tf.BudgetStrength(threshold=5e-2, tolerance=0.9)],
+    )
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if "BudgetStrength: epoch 1" in ln)
+    assert line.startswith("BudgetStrength")
+
+
+def test_moving_stats_momentum_round_trips_and_is_validated():
+    bn = keras.layers.BatchNormalization()
+    wr = acsl_tf.PruneLowCorrelation(bn, moving_stats_momentum=0.7)
+    clone = acsl_tf.PruneLowCorrelation.from_config(wr.get_config())
+    assert clone.moving_stats_momentum == 0.7
+    none = acsl_tf.PruneLowCorrelation.from_config(
+        acsl_tf.PruneLowCorrelation(bn, moving_stats_momentum=None).get_config()
+    )
+    assert none.moving_stats_momentum is None
+    with pytest.raises(ValueError, match="Received: moving_stats_momentum=1"):
+        acsl_tf.PruneLowCorrelation(bn, moving_stats_momentum=1.0)
+
+
+def test_penalty_metrics_round_trip_free_budget_strength_state_in_weights():
+    w = _wrapped()
+    wr = acsl_tf.get_wrappers(w)[0]
+    names = [v.name for v in wr.non_trainable_weights]
+    assert "controller_state" in names and "penalty_total" in names
