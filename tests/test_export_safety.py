@@ -322,3 +322,11 @@ def test_batchnorm_check_restores_the_layers(fresh, rep):
         assert "call" not in vars(layer)
     np.testing.assert_array_equal(fresh.predict(rep, verbose=0), before)
     assert check_batchnorm_statistics(wide_softmax(), rep) is None
+
+
+def test_batchnorm_check_reaches_nested_models(fresh, rep):
+    inputs = keras.Input((8, 8, 3))
+    outer = keras.Model(inputs, keras.layers.Activation("linear")(fresh(inputs)))
+    check = check_batchnorm_statistics(outer, rep)
+    assert sorted(check["scores"]) == ["bn1", "bn2"]
+    assert check["stale"] == []

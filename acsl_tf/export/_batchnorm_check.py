@@ -27,7 +27,15 @@ STALE_THRESHOLD = 1.0
 def _batchnorm_layers(model):
     import keras
 
-    layers = model._flatten_layers(include_self=False, recursive=True)
+    flatten = getattr(model, "_flatten_layers", None)
+    if flatten is not None:
+        layers = list(flatten(include_self=False, recursive=True))
+    else:  # pragma: no cover - Keras versions without _flatten_layers
+        layers, stack = [], list(getattr(model, "layers", []))
+        while stack:
+            layer = stack.pop(0)
+            layers.append(layer)
+            stack.extend(getattr(layer, "layers", []))
     return [
         layer
         for layer in layers
