@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_Formatter,
         parents=[common],
     )
-    p.add_argument("model", help="a saved Keras model (.keras)")
+    _add_model_argument(p)
     p.add_argument(
         "--max-rows",
         type=_int_at_least(1),
@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_Formatter,
         parents=[common],
     )
-    p.add_argument("model", help="a saved Keras model (.keras)")
+    _add_model_argument(p)
     sel = p.add_argument_group("selection (exactly one, or --plan)")
     sel.add_argument(
         "--target-flops",
@@ -274,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_Formatter,
         parents=[common],
     )
-    p.add_argument("model", help="a saved Keras model (.keras)")
+    _add_model_argument(p)
     p.add_argument(
         "--format", choices=FORMATS, default="tflite", help="artifact format (default: tflite)"
     )
@@ -358,6 +358,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_bench, subparser=p)
     return parser
+
+
+def _add_model_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="a saved Keras model (.keras)")
+    p.add_argument(
+        "--unsafe-deserialization",
+        action="store_true",
+        help="allow Python lambdas in the model file (Keras safe_mode=False); only for files "
+        "you trust",
+    )
 
 
 def _version() -> str:
@@ -499,9 +509,10 @@ def _quiet_tensorflow() -> None:
 # ---------------------------------------------------------------------------
 
 
-def _load_model(path: str, progress):
+def _load_model(args, progress):
     import keras
 
+    path = args.model
     if not os.path.isfile(path):
         kind = "a directory" if os.path.isdir(path) else "missing"
         raise FileNotFoundError(
@@ -509,7 +520,17 @@ def _load_model(path: str, progress):
             f"model.save('model.keras'). Received: model={path!r}"
         )
     progress(f"loading {path}")
-    return keras.models.load_model(path, compile=False)
+    try:
+        return keras.models.load_model(
+            path, compile=False, safe_mode=not args.unsafe_deserialization
+        )
+    except ValueError as err:
+        if "safe_mode" not in str(err):
+            raise
+        raise ValueError(
+            f"{err} On the command line, pass --unsafe-deserialization if you trust the file. "
+            f"Received: model={path!r}"
+        ) from err
 
 
 def _group_rows(groups) -> list[dict]:
@@ -553,7 +574,7 @@ def _groups_text(rows: list[dict]) -> str:
 def _cmd_profile(args, progress) -> int:
     import acsl_tf
 
-    model = _load_model(args.model, progress)
+    model = _load_model(args, progress)
     progress("counting parameters and FLOPs")
     prof = acsl_tf.profile(model)
     progress("analysing channel groups")
@@ -616,7 +637,7 @@ def _cmd_shrink(args, progress) -> int:
         raise FileNotFoundError(
             f"The plan file does not exist. Save one with --save-plan. Received: plan={args.plan!r}"
         )
-    model = _load_model(args.model, progress)
+    model = _load_model(args, progress)
     if args.plan is not None:
         progress(f"loading the plan {args.plan}")
         plan = acsl_tf.ShrinkPlan.load(args.plan)
@@ -770,7 +791,7 @@ def _cmd_export(args, progress) -> int:
     else:
         _check_output(args.output, args.overwrite)
     data = _load_data(args.data) if args.data is not None else None
-    model = _load_model(args.model, progress)
+    model = _load_model(args, progress)
     if args.format == "onnx":
         progress("converting to ONNX" + ("" if args.no_verify else " and checking it"))
         report = acsl_tf.export.to_onnx(

@@ -311,6 +311,28 @@ def test_library_errors_are_reported_in_one_line(files, tmp_path, capsys):
     assert not (tmp_path / "x.keras").exists()
 
 
+def test_profile_lambda_model_needs_unsafe_flag_and_lists_fixed_groups(tmp_path, capsys):
+    inp = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, name="conv")(inp)
+    x = keras.layers.Lambda(lambda t: t * 2.0, name="double")(x)
+    x = keras.layers.Flatten()(x)
+    model = keras.Model(inp, keras.layers.Dense(2, name="head")(x))
+    path = str(tmp_path / "lambda.keras")
+    model.save(path)
+    assert cli.main(["profile", path, "-q"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("acsl-tf profile: error: ValueError: ") and err.count("\n") == 1
+    assert "pass --unsafe-deserialization if you trust the file" in err
+    assert cli.main(["profile", path, "-q", "--json", "--unsafe-deserialization"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["params"] == model.count_params() == 112 + 290
+    assert [g["size"] for g in data["groups"]] == [3, 4, 4, 2]
+    assert not any(g["prunable"] for g in data["groups"])
+    reasons = [g["reason"] for g in data["groups"]]
+    assert "input" in reasons[0] and "output" in reasons[-1]
+    assert all("'double' (Lambda)" in r for r in reasons[1:3])
+
+
 def test_data_file_forms(tmp_path):
     x = np.arange(6, dtype=np.float32).reshape(2, 3)
     np.save(tmp_path / "a.npy", x)
