@@ -150,14 +150,15 @@ def first_call_input_channels(layer):
 
 def raw_op_modules():
     """The modules that define raw ``keras.ops`` operation classes
-    (``(nn, numpy)``), or ``(None, None)`` if this Keras lays them out
+    (``(nn, numpy, image)``), or Nones if this Keras lays them out
     differently."""
     try:
+        from keras.src.ops import image as image_ops
         from keras.src.ops import nn
         from keras.src.ops import numpy as np_ops
     except ImportError:  # pragma: no cover - other Keras layouts
-        return None, None
-    return nn, np_ops
+        return None, None, None
+    return nn, np_ops, image_ops
 
 
 # ---------------------------------------------------------------------------
