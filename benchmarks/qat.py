@@ -82,7 +82,7 @@ def run_seed(seed, args, data, workdir):
     rows = []
     timings = {}
 
-    def row(stage, float_acc, int8_acc, path=None, model=None, note=""):
+    def row(stage, float_acc, int8_acc, path=None, model=None, **extra):
         prof = acsl_tf.profile(model) if model is not None else None
         rows.append(
             {
@@ -96,7 +96,7 @@ def run_seed(seed, args, data, workdir):
                 ),
                 "params": prof.total_params if prof else None,
                 "mflops": prof.total_flops / 1e6 if prof else None,
-                "note": note,
+                **extra,
             }
         )
         print(
@@ -122,7 +122,7 @@ def run_seed(seed, args, data, workdir):
         _accuracy_keras(pruned, xt, yt),
         None,
         model=pruned,
-        note=f"right after shrink: {acc_shrunk:.4f}",
+        after_shrink_accuracy=acc_shrunk,
     )
 
     calib = x[:200]
@@ -182,16 +182,29 @@ def run_seed(seed, args, data, workdir):
             _accuracy_tflite(path, xt, yt),
             path,
             pruned,
-            note=(
-                f"parity vs QAT model: rel {result.report.relative_error:.3g} "
-                f"({result.report.extra.get('max_abs_error_in_output_steps')} output steps)"
-            ),
+            parity_relative_error=result.report.relative_error,
+            parity_output_steps=result.report.extra.get("max_abs_error_in_output_steps"),
         )
     return rows, timings
 
 
 def _fmt(v, spec):
     return "" if v is None else format(v, spec)
+
+
+def _notes(rs):
+    notes = []
+    after = [r["after_shrink_accuracy"] for r in rs if r.get("after_shrink_accuracy") is not None]
+    if after:
+        notes.append(f"right after shrink, before fine-tuning: {np.mean(after) * 100:.1f}")
+    rel = [r["parity_relative_error"] for r in rs if r.get("parity_relative_error") is not None]
+    if rel:
+        steps = [r["parity_output_steps"] for r in rs if r.get("parity_output_steps") is not None]
+        notes.append(
+            f"file vs QAT model: relative error <= {max(rel):.3g}"
+            + (f" (<= {max(steps):g} output steps)" if steps else "")
+        )
+    return "; ".join(notes)
 
 
 def summarize(rows, args, meta):
@@ -203,7 +216,10 @@ def summarize(rows, args, meta):
         f"epochs after shrink(target_flops={args.target_flops}); QAT {args.qat_epochs} "
         f"epoch(s) at Adam({args.qat_lr}); seeds {seeds}. {meta}",
         "",
-        "| stage | float acc. | int8 acc. | int8 - float | int8 KiB | int8 median ms | params | MFLOPs | notes |",
+        "Accuracy in % on the test images. model acc.: the Keras model (QAT rows: the tfmot QAT "
+        "model, int8 simulated in float); int8 acc.: the full-integer .tflite file.",
+        "",
+        "| stage | model acc. | int8 acc. | int8 - float | int8 KiB | int8 median ms | params | MFLOPs | notes |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for stage in stages:
@@ -234,7 +250,7 @@ def summarize(rows, args, meta):
             f"| {stage} | {cell('float_accuracy')} | {cell('int8_accuracy')} | {diff} | "
             f"{_fmt(None if size is None else size / 1024, '.0f')} | "
             f"{_fmt(mean('int8_latency_ms'), '.3f')} | {_fmt(mean('params'), ',.0f')} | "
-            f"{_fmt(mean('mflops'), '.2f')} | {'; '.join(r['note'] for r in rs if r['note'])} |"
+            f"{_fmt(mean('mflops'), '.2f')} | {_notes(rs)} |"
         )
     return "\n".join(lines)
 
@@ -250,6 +266,7 @@ def main(argv=None):
     p.add_argument("--qat-epochs", type=int, default=1)
     p.add_argument("--qat-lr", type=float, default=1e-4)
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--tag", default="", help="suffix of the result files (qat_<tag>.md)")
     p.add_argument("--quick", action="store_true", help="tiny smoke run")
     p.add_argument("--no-write", action="store_true", help="do not write benchmarks/results")
     args = p.parse_args(argv)
@@ -275,9 +292,13 @@ def main(argv=None):
     print(table)
     if not args.no_write and not args.quick:
         os.makedirs(RESULTS, exist_ok=True)
-        _io.atomic_write_text(os.path.join(RESULTS, "qat.md"), table + "\n", overwrite=True)
         _io.atomic_write_text(
-            os.path.join(RESULTS, "qat.json"),
+            os.path.join(RESULTS, f"qat{'_' + args.tag if args.tag else ''}.md"),
+            table + "\n",
+            overwrite=True,
+        )
+        _io.atomic_write_text(
+            os.path.join(RESULTS, f"qat{'_' + args.tag if args.tag else ''}.json"),
             json.dumps(
                 {"args": vars(args), "rows": all_rows, "timings_s": all_timings, "meta": meta},
                 indent=2,
