@@ -283,3 +283,13 @@ def test_verbose_line_reports_level(capsys):
     w.fit(x, y, epochs=1, batch_size=8, verbose=0, callbacks=[acsl_tf.BudgetStrength()])
     out = capsys.readouterr().out
     assert "budget level" in out and "strength multiplier" in out
+
+
+def test_missed_warning_says_when_the_gammas_fall_together():
+    w = _wrapped()
+    cb = _Scripted([])
+    cb._wrappers = acsl_tf.get_wrappers(w)
+    cb._kind, cb._target = "flops", 0.5
+    cb.history = [{"reduction": 0.08, "level": 0.069, "kept_min": 0.070}]
+    with pytest.warns(UserWarning, match=r"level 0.069, smallest kept 0.07\)"):
+        cb.on_train_end()

@@ -213,3 +213,19 @@ def test_penalty_metrics_round_trip_free_budget_strength_state_in_weights():
     wr = acsl_tf.get_wrappers(w)[0]
     names = [v.name for v in wr.non_trainable_weights]
     assert "controller_state" in names and "penalty_total" in names
+
+
+def test_weights_saved_before_the_controller_state_still_load():
+    w = _wrapped()
+    wr = acsl_tf.get_wrappers(w)[0]
+    own = wr._trainable_variables + wr._non_trainable_variables
+    # A file of the earlier layout: affinity, strength, budget_scale, step, updates.
+    old = {
+        str(i): np.asarray(v.numpy()) + (3 if v.name == "budget_scale" else 0)
+        for i, v in enumerate(own[:5])
+    }
+    wr.load_own_variables(old)
+    assert float(wr.budget_scale.numpy()) == pytest.approx(4.0)
+    np.testing.assert_array_equal(wr.controller_state.numpy(), np.zeros(8))
+    with pytest.raises(ValueError):
+        wr.load_own_variables({"0": old["0"]})

@@ -577,15 +577,25 @@ class BudgetStrength(_PenaltyLogs, keras.callbacks.Callback):
             w._budget_controlled = False
         if not self.history:
             return
-        reduction = self.history[-1]["reduction"]
+        last = self.history[-1]
+        reduction = last["reduction"]
         target, kind = self._target, self._kind
         if reduction < target - self.tolerance:
+            level, kept = last.get("level"), last.get("kept_min", math.inf)
+            together = ""
+            if level and math.isfinite(kept) and kept < 1.1 * level:
+                together = (
+                    f" The channels the budget needs and those it keeps have nearly equal "
+                    f"gammas (level {level:.3g}, smallest kept {kept:.3g}): the gammas fall "
+                    "together, and the protection of the kept channels held the strength back; "
+                    "a lower `protect` meets the budget sooner at their risk."
+                )
             warnings.warn(
                 f"BudgetStrength: the budget was missed: {reduction:.1%} of the {kind} is "
                 f"removable (|gamma| < {self.threshold:g}) against the target {target:.1%}, "
                 f"{target - reduction:.1%} short. shrink(target_{kind}={target:g}) will also "
                 "cut channels above the threshold, which costs accuracy before fine-tuning. "
-                "Train more epochs, raise `penalty`, or lower `reach_at`.",
+                f"Train more epochs, raise `penalty`, or lower `reach_at`.{together}",
                 UserWarning,
                 stacklevel=2,
             )
