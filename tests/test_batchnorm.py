@@ -132,3 +132,17 @@ def test_wrapper_updates_moving_statistics_with_the_fresh_momentum():
     assert float(wr.moving_momentum()) == pytest.approx(0.5)
     wr.moving_stats_momentum = None
     assert float(wr.moving_momentum()) == pytest.approx(0.99)
+
+
+def test_recalibration_of_a_model_with_named_inputs():
+    import tensorflow as tf
+
+    m = small_cnn()
+    bn = m.get_layer("bn1")
+    bn.moving_mean.assign(np.full(6, 50.0, "float32"))
+    x = np.random.default_rng(4).normal(size=(16, 8, 8, 3)).astype("float32")
+    ds = tf.data.Dataset.from_tensor_slices(({"img": x}, np.zeros(16))).batch(8)
+    assert acsl_tf.recalibrate_batchnorm(m, ds, steps=None) == 2
+    np.testing.assert_allclose(
+        bn.moving_mean.numpy(), _expected_bn1_mean(m, x, 8), rtol=1e-4, atol=1e-5
+    )

@@ -76,9 +76,11 @@ def _batches(data, steps, batch_size, input_rank):
 
         if isinstance(data, tf.data.Dataset):
             spec = _x_of(data.element_spec)
-            spec = spec[0] if isinstance(spec, (list, tuple)) else spec
-            if input_rank is not None and getattr(spec, "shape", None) is not None:
-                if spec.shape.rank == input_rank - 1:  # unbatched elements
+            if isinstance(spec, (list, tuple)) and spec:
+                spec = spec[0]
+            shape = getattr(spec, "shape", None)
+            if input_rank is not None and shape is not None and shape.rank is not None:
+                if shape.rank == input_rank - 1:  # unbatched elements
                     data = data.batch(batch_size)
     except ImportError:  # pragma: no cover - TensorFlow is the backend
         pass
@@ -95,6 +97,8 @@ def _batches(data, steps, batch_size, input_rank):
 
 
 def _check_batch(batch, input_rank, k):
+    if isinstance(batch, dict):  # inputs by name: the model checks them
+        return
     first = batch[0] if isinstance(batch, list) and batch else batch
     if not _is_array(first):
         raise ValueError(
