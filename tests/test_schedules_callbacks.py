@@ -64,7 +64,9 @@ def _train_budget(target, epochs, factor=4.0, **budget_options):
     )
     budget_options.setdefault("controller", "epoch")
     cb = acsl_tf.BudgetStrength(threshold=5e-2, factor=factor, verbose=0, **budget_options)
-    hist = w.fit(x, y, epochs=epochs, batch_size=16, verbose=0, callbacks=[cb])
+    # Adam, on purpose: the epoch rule must still get there; it is warned about.
+    with pytest.warns(UserWarning, match="Use keras.optimizers.SGD"):
+        hist = w.fit(x, y, epochs=epochs, batch_size=16, verbose=0, callbacks=[cb])
     return w, cb, hist
 
 
