@@ -302,6 +302,8 @@ def _no_units_model():
         (small_cnn, dict(target={"latency": 0.5}), "target"),
         (small_cnn, dict(ignored_layers=["nope"]), "not in the model"),
         (small_cnn, dict(schedule="fast"), "schedule"),
+        (small_cnn, dict(penalty="1e-3"), r"Received: penalty='1e-3'"),
+        (small_cnn, dict(temperature=None), "Received: temperature=None"),
     ],
 )
 def test_rejected_inputs(make, kwargs, match):
@@ -333,3 +335,20 @@ def test_cap_method_tracks_affinity_with_uniform_penalty():
     assert wr.direction == "uniform" and wr.method == "cap"
     np.testing.assert_allclose(np.asarray(wr.strength), 1.0)
     assert int(np.asarray(wr.updates)) == 2
+
+
+@pytest.mark.parametrize(
+    "kwargs, error",
+    [
+        (dict(penalty="0.1"), TypeError),
+        (dict(momentum=True), TypeError),
+        (dict(attention_scale=[0.1]), TypeError),
+        (dict(penalty=-1.0), ValueError),
+        (dict(moving_stats_momentum="fast"), TypeError),
+        (dict(moving_stats_momentum=-0.5), ValueError),
+    ],
+)
+def test_wrapper_number_arguments_type_and_value_errors(kwargs, error):
+    name, value = next(iter(kwargs.items()))
+    with pytest.raises(error, match=f"Received: {name}="):
+        PruneLowCorrelation(keras.layers.BatchNormalization(), **kwargs)

@@ -6,6 +6,7 @@ import math
 import warnings
 
 import keras
+import numpy as np
 from keras import ops
 
 from acsl_tf._keras import register
@@ -50,10 +51,9 @@ def _optimizer_name(optimizer):
 
 
 def _check_float(name, value, lo=None, hi=None, lo_open=False, hi_open=False):
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"`{name}` must be a number. Received: {name}={value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"`{name}` must be a number. Received: {name}={value!r}")
+    value = float(value)
     bad = not math.isfinite(value)
     if lo is not None:
         bad |= value <= lo if lo_open else value < lo
