@@ -414,6 +414,7 @@ def _fit(model, task, epochs, callbacks, verbose):
         steps_per_epoch=task.steps_per_epoch,
         callbacks=list(callbacks),
         verbose=verbose,
+        shuffle=False,  # the dataset shuffles itself
     )
 
 
