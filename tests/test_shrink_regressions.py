@@ -375,6 +375,9 @@ def test_plan_file_round_trip_and_mismatch(tmp_path):
     path = tmp_path / "plan.json"
     plan.save(path)
     loaded = acsl_tf.ShrinkPlan.load(path)
+    assert loaded.params == (plan.params_before, plan.params_after)
+    with pytest.raises(FileExistsError, match="overwrite"):
+        plan.save(path, overwrite=False)
     keras.utils.set_random_seed(2)
     b = build()  # same architecture, other weights and names
     small_b = shrink(b, plan=loaded, verify="raise")

@@ -163,8 +163,18 @@ class ShrinkPlan:
             "flops": [self.flops_before, self.flops_after],
         }
 
-    def save(self, path) -> None:
-        """Write the plan as JSON (atomically)."""
+    def save(self, path, *, overwrite: bool = True) -> None:
+        """Write the plan as JSON (atomically).
+
+        Raises:
+            FileExistsError: If ``path`` exists and ``overwrite`` is False.
+        """
+        import os
+
+        if not overwrite and os.path.exists(path):
+            raise FileExistsError(
+                f"{path} exists; pass overwrite=True to replace it. Received: path={path!r}"
+            )
         _io.atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
 
     @classmethod
@@ -189,6 +199,8 @@ class PlanFile:
     keep: dict  # group id -> tuple of kept indices
     sizes: dict  # group id -> size
     source: str = ""
+    params: tuple = (None, None)  # (before, after) of the model the plan was made for
+    flops: tuple = (None, None)
 
     @classmethod
     def from_dict(cls, data, source=""):
@@ -199,7 +211,15 @@ class PlanFile:
             )
         keep = {int(g["id"]): tuple(int(i) for i in g["keep"]) for g in data["groups"]}
         sizes = {int(g["id"]): int(g["size"]) for g in data["groups"]}
-        return cls(str(data["fingerprint"]), str(data.get("criterion", "")), keep, sizes, source)
+        return cls(
+            str(data["fingerprint"]),
+            str(data.get("criterion", "")),
+            keep,
+            sizes,
+            source,
+            tuple(data.get("params", (None, None))),
+            tuple(data.get("flops", (None, None))),
+        )
 
     def resolve(self, graph: DependencyGraph) -> dict:
         """``{root: kept indices}`` on ``graph``; raises when the model is not
