@@ -124,10 +124,14 @@ def prune_low_correlation(
 ) -> keras.Model:
     """Wrap every prunable unit of a model for ACSL sparsity training.
 
-    A prunable unit is a ``BatchNormalization`` (``scale=True``) that scales
-    the output channels of a convolution or Dense layer. Each one is wrapped
-    in :class:`PruneLowCorrelation`; everything else is cloned unchanged and
-    all weights are copied. The input model is never modified.
+    A prunable unit is a ``BatchNormalization`` (``scale=True``) whose
+    gammas cover a prunable channel group of the model's dependency graph
+    (:class:`acsl_tf.DependencyGraph`): after a convolution or Dense layer,
+    an ``Add`` or a ``Concatenate``, wherever zero gammas make the channels
+    removable by :func:`acsl_tf.shrink`. Each one is wrapped in
+    :class:`PruneLowCorrelation`; everything else is cloned unchanged
+    (``keras.models.clone_model``) and all weights are copied. The input
+    model is never modified.
 
     Args:
         model: a built Functional or Sequential model (nested functional
@@ -149,8 +153,9 @@ def prune_low_correlation(
             must then be passed to ``fit``.
         method: ``"acsl"`` or ``"cap"`` (context-aware pruning: uniform
             penalty, affinity tracked for the ``"cap"`` pruning criterion).
-        ignored_layers: names of BatchNormalization or producer layers to
-            leave unwrapped.
+        ignored_layers: layer names (or layers) whose channels are kept; the
+            units of their channel groups are left unwrapped. A single
+            string is one name.
         pruning_policy: optional ``fn(bn_layer) -> bool``; units for which it
             returns False are left unwrapped.
         handlers: ``{layer class: LayerHandler}`` for layers of your own
