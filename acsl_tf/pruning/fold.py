@@ -168,6 +168,12 @@ def fold_plan(graph, keep: dict, pr: Probe) -> tuple[dict, list]:
         consts[removed] = v.mean(axis=0)
         res = h.fold(call.op, consts, removed)
         if res is None:
+            big = float(np.abs(consts[removed]).max()) if removed.any() else 0.0
+            if big > 1e-6:
+                notes.append(
+                    f"{graph.name(call.op)!r} ({type(call.op).__name__}) has no fold rule; the "
+                    f"removed channels' constant (up to {big:.3g}) is dropped"
+                )
             continue
         delta, note = res
         spread = float(np.abs(v - consts[removed]).max()) if removed.any() else 0.0
