@@ -407,3 +407,20 @@ def test_validation_types_and_values():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         plan_shrink(m, ratio=0.5)
+
+
+def test_taylor_criterion_ranks_by_activation_times_gradient():
+    i = keras.Input((8, 8, 3))
+    x = L.Conv2D(4, 1, name="c1", use_bias=False)(i)
+    x = L.GlobalAveragePooling2D()(x)
+    m = keras.Model(i, L.Dense(1, name="fc", use_bias=False)(x))
+    k = np.zeros((1, 1, 3, 4), "float32")
+    k[0, 0, 0] = [1.0, 2.0, 3.0, 4.0]
+    m.get_layer("c1").set_weights([k])
+    m.get_layer("fc").set_weights([np.array([[1.0], [1.0], [0.0], [1.0]], "float32")])
+    x_in = np.ones((4, 8, 8, 3), "float32")
+    y = np.zeros((4, 1), "float32")
+    crit = acsl_tf.criteria.TaylorCriterion((x_in, y), "mse")
+    # loss = (sum_k w_k a_k)^2 with a = (1,2,3,4), w = (1,1,0,1): score_k ∝ a_k * w_k
+    plan = plan_shrink(m, ratio=0.5, criterion=crit)
+    assert plan.groups[1].keep == (1, 3)

@@ -15,6 +15,9 @@ Two kinds:
   of He et al. 2019), ``"l1_layer"`` (``"l1"`` divided by its mean in each
   producer) and ``"random"``.
 
+- **Data criteria**: :class:`TaylorCriterion` (first-order Taylor
+  expansion of the loss, needs ``(x, y)``).
+
 Options (``WeightCriterion(norm, reduction=..., normalize=...)``): the group
 reduction over several producers (``"mean"``, ``"max"``, ``"sum"``,
 ``"prod"``) and per-layer normalisation (``None``, ``"mean"``, ``"max"``).
@@ -35,6 +38,7 @@ __all__ = [
     "Criterion",
     "UnitCriterion",
     "WeightCriterion",
+    "TaylorCriterion",
     "register_criterion",
     "get_criterion",
     "list_criteria",
@@ -209,6 +213,101 @@ class WeightCriterion(Criterion):
                     f"Criterion {self.name!r} found no producer weights to score a group of "
                     f"{g.size} channels ({', '.join(n for n, _ in g.members[:4])}). Use "
                     "criterion='gamma', or add its layers to ignored_layers."
+                )
+            res[r] = _reduce(np.stack(vals), self.reduction)
+        return res
+
+
+class TaylorCriterion(Criterion):
+    """First-order Taylor importance (Molchanov et al. 2019): for each output
+    channel of a group's producers, ``|sum over positions of a * dL/da|``
+    averaged over the data, reduced over the producers.
+
+    Args:
+        data: ``(x, y)`` arrays (a few batches are enough).
+        loss: A Keras loss (name, function or object) of the model's output
+            and ``y``.
+        batch_size: Batch size of the passes.
+        reduction: Over several producers of a group (as WeightCriterion).
+
+    Example:
+        >>> crit = acsl_tf.criteria.TaylorCriterion((x[:512], y[:512]),
+        ...                                         "sparse_categorical_crossentropy")
+        >>> small = acsl_tf.shrink(model, target_flops=0.5, criterion=crit)
+    """
+
+    needs_gamma = False
+    name = "taylor"
+
+    def __init__(self, data, loss, *, batch_size: int = 64, reduction: str = "mean"):
+        if not isinstance(data, (tuple, list)) or len(data) != 2:
+            raise TypeError(f"data must be a tuple (x, y). Received: data of type {type(data)}")
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be one of {REDUCTIONS}. Received: {reduction!r}")
+        import keras
+
+        self.x, self.y = data
+        self.loss = keras.losses.get(loss)
+        self.batch_size = int(batch_size)
+        self.reduction = reduction
+
+    def _producer_scores(self, graph) -> dict:
+        import keras
+        import tensorflow as tf
+
+        from acsl_tf import _keras
+
+        tr = graph.trace
+        wanted = {id(op) for g in graph.groups.values() if g.prunable for op in g.producers}
+        sums: dict = {}
+        n = len(self.x)
+        for start in range(0, n, self.batch_size):
+            xb = self.x[start : start + self.batch_size]
+            yb = self.y[start : start + self.batch_size]
+            with tf.GradientTape() as tape:
+                values = {tr.input_keys[0]: tf.convert_to_tensor(xb)}
+                watched = {}
+                for call in tr.calls:
+                    fill = {
+                        id(kt): values[k] for kt, k in zip(call.node.input_tensors, call.in_keys)
+                    }
+                    args, kwargs = _keras.call_arguments(call.node, fill)
+                    if "training" in kwargs:
+                        kwargs["training"] = False
+                    out = keras.tree.flatten(call.op(*args, **kwargs))
+                    if id(call.op) in wanted:
+                        tape.watch(out[0])
+                        watched.setdefault(id(call.op), []).append(out[0])
+                    for k, t in zip(call.out_keys, out):
+                        values[k] = t
+                loss = self.loss(yb, values[tr.output_keys[0]])
+            ops = list(watched)
+            grads = tape.gradient(loss, [watched[o] for o in ops])
+            for o, acts, gs in zip(ops, [watched[o] for o in ops], grads):
+                for a, g in zip(acts, gs):
+                    if g is None:
+                        continue
+                    ag = np.asarray(a * g, np.float64)
+                    per = np.abs(ag.reshape(ag.shape[0], -1, ag.shape[-1]).sum(axis=1)).sum(0)
+                    sums[o] = sums.get(o, 0.0) + per
+        return {o: v / max(n, 1) for o, v in sums.items()}
+
+    def group_scores(self, graph, roots, *, reduction, rng):
+        if len(graph.trace.input_keys) != 1 or len(graph.trace.output_keys) != 1:
+            raise ValueError(
+                "TaylorCriterion supports models with one input and one output. Received: "
+                f"{len(graph.trace.input_keys)} inputs, {len(graph.trace.output_keys)} outputs"
+            )
+        per_op = self._producer_scores(graph)
+        res = {}
+        for r in roots:
+            g = graph.groups[r]
+            vals = [per_op[id(op)] for op in g.producers if id(op) in per_op]
+            vals = [v for v in vals if v.shape[0] == g.size]
+            if not vals:
+                raise ValueError(
+                    f"TaylorCriterion found no gradient for the group of "
+                    f"{', '.join(m for m, _ in g.members[:3])}."
                 )
             res[r] = _reduce(np.stack(vals), self.reduction)
         return res
