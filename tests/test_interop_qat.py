@@ -193,6 +193,10 @@ def test_bad_arguments(tmp_path):
         interop.quantize_aware(
             acsl_tf.prune_low_correlation(m), tmp_path / "m.tflite", x, y, loss=_loss()
         )
+    with pytest.raises(ValueError, match=r"one-shot iterable.*representative_data"):
+        interop.quantize_aware(m, tmp_path / "m.tflite", iter([(x, y)]), loss=_loss())
+    with pytest.raises(ValueError, match=r"`labels` must have one entry.*Received: labels.shape"):
+        interop.quantize_aware(m, tmp_path / "m.tflite", x, y, loss=_loss(), labels=y[:3])
     schedule = keras.optimizers.schedules.ExponentialDecay(1e-3, 10, 0.9)
     with pytest.raises(ValueError, match=r"learning_rate.*schedule"):
         interop.quantize_aware(

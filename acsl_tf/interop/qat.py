@@ -436,6 +436,13 @@ def quantize_aware(
             f"Received: {len(model.inputs)} inputs"
         )
 
+    reusable = (hasattr(x, "shape") and hasattr(x, "dtype")) or hasattr(x, "element_spec")
+    if representative_data is None and not reusable:
+        raise ValueError(
+            "`x` is a one-shot iterable, so its first samples cannot also serve for the range "
+            "initialization, calibration and verification. Pass `representative_data` (a "
+            f"few hundred inputs). Received: x={type(x).__name__}"
+        )
     with _legacy.keras_guard():
         tfmot = _legacy.tfmot()
         tfk = _legacy.tf_keras()
@@ -448,6 +455,16 @@ def quantize_aware(
             limit,
             "representative_data" if representative_data is not None else "x",
         )
+        n_verify = min(num_verify_samples, len(samples))
+        if labels is not None:
+            n_labels = np.asarray(labels).shape[0] if np.ndim(labels) else 0
+            if n_labels < n_verify:
+                raise ValueError(
+                    "`labels` must have one entry per verification sample (at least "
+                    f"{n_verify}), aligned with the first samples of "
+                    "`representative_data` (or `x`). Received: "
+                    f"labels.shape={np.asarray(labels).shape}"
+                )
         try:
             qat = tfmot.quantization.keras.quantize_model(legacy)
         except (RuntimeError, ValueError) as e:
@@ -503,15 +520,7 @@ def quantize_aware(
         )
         if verify:
             xv = samples[:num_verify_samples]
-            y_labels = None
-            if labels is not None:
-                y_labels = np.asarray(labels)
-                if y_labels.ndim == 0 or len(y_labels) < len(xv):
-                    raise ValueError(
-                        "`labels` must have one entry per verification sample (at least "
-                        f"{len(xv)}). Received: labels.shape={y_labels.shape}"
-                    )
-                y_labels = y_labels[: len(xv)]
+            y_labels = None if labels is None else np.asarray(labels)[: len(xv)]
             reference = np.concatenate(
                 [qat(xv[k : k + 64], training=False).numpy() for k in range(0, len(xv), 64)]
             )
