@@ -132,9 +132,13 @@ def _translate_config(layer, target_cls, base_kwargs, getters):
     for key in [k for k in cfg if k not in allowed]:
         value = cfg.pop(key)
         # Initializers do not matter: the weights are copied.
-        harmless = value is None or key.endswith("_initializer") or (
-            isinstance(value, (bool, int, str, tuple, list, dict))
-            and (value in _DEFAULTS_OK or _HARMLESS.get(key, object()) == value)
+        harmless = (
+            value is None
+            or key.endswith("_initializer")
+            or (
+                isinstance(value, (bool, int, str, tuple, list, dict))
+                and (value in _DEFAULTS_OK or _HARMLESS.get(key, object()) == value)
+            )
         )
         if not harmless:
             raise ValueError(
