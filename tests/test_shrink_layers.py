@@ -313,7 +313,32 @@ def m_shared_layer():
     return keras.Model(i, L.Conv2D(2, 1)(y))
 
 
+def m_grouped_depthwise():
+    # ConvNeXt writes its depthwise convs as Conv2D(groups=C)
+    i = keras.Input((8, 8, 3))
+    x = L.BatchNormalization()(L.Conv2D(6, 1)(i))
+    x = L.Conv2D(6, 3, padding="same", groups=6)(x)
+    x = L.BatchNormalization()(x)
+    return keras.Model(i, L.Conv2D(2, 1)(L.ReLU()(x)))
+
+
+def m_spatial_zoo():
+    i = keras.Input((8, 8, 3))
+    x = L.BatchNormalization()(L.Conv2D(6, 1)(i))
+    x = L.PReLU(shared_axes=[1, 2])(x)
+    x = L.Permute((2, 1, 3))(x)
+    x = L.Resizing(6, 6)(x)
+    x = keras.ops.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]])
+    a, b = keras.ops.split(x, 2, axis=1)
+    x = L.Concatenate(axis=1)([b, a])
+    x = L.Dense(5)(x)  # Dense on a rank-4 tensor: a 1x1 conv
+    x = L.BatchNormalization()(x)
+    return keras.Model(i, L.Conv2D(2, 1)(x))
+
+
 BUILDERS = {
+    "grouped_depthwise": m_grouped_depthwise,
+    "spatial_zoo": m_spatial_zoo,
     "conv_bn_relu_dense": m_conv_bn_relu_dense,
     "residual_add": m_residual_add,
     "concat": m_concat,

@@ -157,13 +157,17 @@ class ConvHandler(ProducerHandler):
             k = k[..., ok]
         return [k] + self._bias(layer, ws, 1, ok)
 
+    def _fan_in(self, layer, cin):
+        if layer.groups > 1 and layer.groups == layer.filters:  # depthwise: one channel each
+            return 1
+        return cin // layer.groups
+
     def params(self, layer, in_c, out_c):
         ks = int(np.prod(layer.kernel_size))
-        return ks * (in_c[0] // layer.groups) * out_c + (out_c if layer.use_bias else 0)
+        return ks * self._fan_in(layer, in_c[0]) * out_c + (out_c if layer.use_bias else 0)
 
     def cost(self, op, ins, outs):
-        cin = ins[0][-1]
-        macs = _n(outs[0]) * int(np.prod(op.kernel_size)) * (cin // op.groups)
+        macs = _n(outs[0]) * int(np.prod(op.kernel_size)) * self._fan_in(op, ins[0][-1])
         return macs, 2 * macs
 
     def fold(self, layer, consts, removed):
