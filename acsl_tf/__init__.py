@@ -126,3 +126,21 @@ from acsl_tf.interop import from_tf_keras, quantize_aware, shrink_tf_keras, to_t
 
 __all__ += ["interop", "from_tf_keras", "quantize_aware", "shrink_tf_keras", "to_tf_keras"]
 # --- end interop ---
+
+# --- DCP / DKP: discrimination-aware channel and kernel pruning (acsl_tf.dcp) ---
+from acsl_tf import dcp  # noqa: E402
+from acsl_tf.dcp import (  # noqa: E402
+    discrimination_aware_prune,
+    select_channels,
+    select_kernels,
+    with_auxiliary_heads,
+)
+
+__all__ += [
+    "dcp",
+    "discrimination_aware_prune",
+    "select_channels",
+    "select_kernels",
+    "with_auxiliary_heads",
+]
+# --- end DCP ---

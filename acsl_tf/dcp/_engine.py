@@ -25,7 +25,8 @@ def is_consumer_layer(op) -> bool:
         return True
     conv_types = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
     if isinstance(op, conv_types) and not isinstance(
-        op, (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose, keras.layers.Conv3DTranspose)
+        op,
+        (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose, keras.layers.Conv3DTranspose),
     ):
         return (
             int(getattr(op, "groups", 1)) == 1

@@ -337,9 +337,7 @@ def with_auxiliary_heads(
                 )
             h = make_head(task, shape, num_classes, name)
         else:
-            raise ValueError(
-                f"head must be 'gap', 'pixel' or a callable. Received: head={head!r}"
-            )
+            raise ValueError(f"head must be 'gap', 'pixel' or a callable. Received: head={head!r}")
         heads.append(h)
     tl = task_loss if task_loss is not None else default_loss(task)
     if aux_loss is None:

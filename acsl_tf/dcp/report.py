@@ -64,8 +64,11 @@ def _table(rows) -> list:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     out = []
     for j, r in enumerate(rows):
-        out.append("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in
-                             enumerate(zip(r, widths))))
+        out.append(
+            "  ".join(
+                c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))
+            )
+        )
         if j == 0:
             out.append("  ".join("-" * w for w in widths))
     return out
@@ -95,9 +98,7 @@ def plot_widths(result, path=None, *, ax=None, title=None):
             matplotlib.use("Agg", force=False)
         import matplotlib.pyplot as plt
     except ImportError as e:  # pragma: no cover - depends on the install
-        raise ImportError(
-            'plot_widths needs matplotlib: pip install "acsl_tf[plots]"'
-        ) from e
+        raise ImportError('plot_widths needs matplotlib: pip install "acsl_tf[plots]"') from e
     names = [s.name for s in result.layers]
     before = [s.size for s in result.layers]
     after = [len(s.kept) for s in result.layers]
@@ -112,8 +113,14 @@ def plot_widths(result, path=None, *, ax=None, title=None):
     ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("channels" if hasattr(result, "plan") else "kernels")
     ax.legend()
-    ax.set_title(title or ("DCP: kept channels per group" if hasattr(result, "plan")
-                           else "DKP: kept kernels per layer"))
+    ax.set_title(
+        title
+        or (
+            "DCP: kept channels per group"
+            if hasattr(result, "plan")
+            else "DKP: kept kernels per layer"
+        )
+    )
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=120)

@@ -162,8 +162,7 @@ def greedy_select(
             on_select(list(order))
         m = masks()
         newmask = [
-            np.isin(u, new).reshape((1,) * (len(s) - 2) + u.shape)
-            for u, s in zip(unit_of, shapes)
+            np.isin(u, new).reshape((1,) * (len(s) - 2) + u.shape) for u, s in zip(unit_of, shapes)
         ]
         W = [np.where(nm, o, w) for w, o, nm in zip(W, origins, newmask)]
         vel = [np.zeros_like(w) for w in W]
@@ -429,9 +428,7 @@ class _Context:
         base_calls = [c for c in self.g.trace.calls if c.index <= max(x.index for x in calls)]
         lin = {}
         base_k = {id(c.op): c.op.kernel for c in calls}
-        self.engine.run(
-            dict(self.inputs), base_calls, kernels=base_k, linear_out=lin, keep=set()
-        )
+        self.engine.run(dict(self.inputs), base_calls, kernels=base_k, linear_out=lin, keep=set())
         base = {c.index: lin[c.index] for c in calls}
         return cache, base
 
@@ -709,7 +706,7 @@ def select_channels(
             raise ValueError(f"{mode} must be a fraction in (0, 1). Received: {mode}={value!r}")
         counts = _uniform_counts(model, g, list(sizes), sizes, mode, float(value), min_channels)
     elif channels is not None:
-        for _, r, _, label in cands:
+        for _, r, _, _label in cands:
             if per_layer is None:
                 counts[r] = max(min_channels, _count_of(channels, sizes[r], "channels"))
             else:
@@ -912,8 +909,9 @@ def select_kernels(
     clone = keras.models.clone_model(model)
     clone.set_weights(model.get_weights())
     g = DependencyGraph(clone)
-    ctx = _Context(clone, x, y, _rebind_heads(heads, model, clone), aux_weight, task_loss,
-                   n_samples, g)
+    ctx = _Context(
+        clone, x, y, _rebind_heads(heads, model, clone), aux_weight, task_loss, n_samples, g
+    )
     only = _resolve_layers(g, layers)
     by_op = {}
     for c in g.trace.calls:
