@@ -209,3 +209,28 @@ def test_bad_arguments(tmp_path):
             verbose=0,
         )
     assert not (tmp_path / "m.tflite").exists()
+
+
+@pytest.mark.slow
+def test_segmentation_shaped_model(tmp_path):
+    """Per-pixel softmax with MaxPooling, ZeroPadding, bilinear UpSampling and Concatenate."""
+    from test_interop_convert import _randomize, unet_like
+
+    model = _randomize(unet_like())
+    rng = np.random.default_rng(5)
+    x = rng.random((64, 16, 16, 3), dtype=np.float32)
+    y = rng.integers(0, 5, (64, 16, 16)).astype("int32")
+    r = interop.quantize_aware(
+        model,
+        tmp_path / "seg.tflite",
+        x,
+        y,
+        loss=keras.losses.SparseCategoricalCrossentropy(),
+        epochs=1,
+        batch_size=16,
+        verbose=0,
+    )
+    assert r.report.passed and r.report.relative_error <= INT8_TOL
+    assert {"CONCATENATION", "RESIZE_BILINEAR", "CONV_2D"} <= set(r.report.ops)
+    assert r.report.outputs[0].shape == [-1, 16, 16, 5] and r.report.outputs[0].dtype == "int8"
+    assert r.report.argmax_agreement >= 0.9  # per pixel

@@ -538,12 +538,24 @@ def quantize_aware(
                 )
             report.passed = bool(report.relative_error <= tol)
             if not report.passed:
+                steps = report.extra.get("max_abs_error_in_output_steps")
+                y_max = float(np.abs(reference).max())
+                hint = (
+                    "Fine-tune longer so the activation ranges settle, check the "
+                    "representative data, or pass a larger `tolerance`."
+                )
+                if steps is not None and steps <= 2:
+                    hint = (
+                        f"The error is {steps:g} int8 output step(s), but the QAT model's "
+                        f"outputs are small (max |y| = {y_max:.3g}), so one step is a large "
+                        "part of them; typical of an untrained or barely trained model. Train "
+                        "the float model first, or pass a larger `tolerance`."
+                    )
                 raise export.ParityError(
                     "The int8 TFLite model does not reproduce the QAT model: relative error "
                     f"{report.relative_error:.3g} > tolerance {tol:g} (max abs error "
-                    f"{report.max_abs_error:.3g}). Nothing was written to {path!r}. Fine-tune "
-                    "longer so the activation ranges settle, check the representative data, "
-                    f"or pass a larger `tolerance`. Received: tolerance={tol:g}",
+                    f"{report.max_abs_error:.3g}). Nothing was written to {path!r}. {hint} "
+                    f"Received: tolerance={tol:g}",
                     report,
                 )
         _io.atomic_write_bytes(path, content, overwrite=overwrite)
