@@ -413,13 +413,11 @@ class _Context:
             [c.index for c in calls]
             + [self.engine.producer_of[k].index for k in need if k in self.engine.producer_of]
         )
-        before = [c for c in self.g.trace.calls if c.index <= last and c not in calls]
-        before = [c for c in before if c.index < last or any(k in need for k in c.out_keys)]
-        own = {id(c.op) for c in calls}
+        before = [c for c in self.g.trace.calls if c.index <= last]
         work = {
             id(c.op): keras.ops.convert_to_tensor(self.kernel(c.op))
             for c in before
-            if id(c.op) in self.kernels and id(c.op) not in own
+            if id(c.op) in self.kernels
         }
         values = self.engine.run(
             dict(self.inputs), before, kernels=work, masks=self.head_masks(), keep=need
@@ -515,7 +513,9 @@ def _resolve_layers(g, layers, what="layers"):
 
 
 def _group_names(group) -> set:
-    return {n for n, _ in group.members}
+    """Names of the layers whose own channels form the group (producers,
+    BatchNormalization, depthwise and per-channel layers; not its readers)."""
+    return {n for n, role in group.members if role != "in"}
 
 
 def _uniform_counts(model, g, roots, sizes, mode, value, min_channels):
@@ -668,6 +668,16 @@ def select_channels(
     if isinstance(channels, dict):
         per_layer = dict(channels)
         _resolve_layers(g, list(per_layer), "channels")
+    named = (only or set()) | set(per_layer or ())
+    owned = set()
+    for group in g.groups.values():
+        owned |= _group_names(group)
+    if named - owned:
+        raise ValueError(
+            f"{sorted(named - owned)} own no channel group; name the Conv/Dense layers or "
+            "BatchNormalizations whose output channels are to be selected. Received: "
+            + (f"layers={sorted(only)}" if only is not None else f"channels={channels}")
+        )
     # candidate groups, in graph order of their first consumer
     cands, skipped = [], {}
     for r, group in g.groups.items():
