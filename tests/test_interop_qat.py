@@ -234,3 +234,19 @@ def test_segmentation_shaped_model(tmp_path):
     assert {"CONCATENATION", "RESIZE_BILINEAR", "CONV_2D"} <= set(r.report.ops)
     assert r.report.outputs[0].shape == [-1, 16, 16, 5] and r.report.outputs[0].dtype == "int8"
     assert r.report.argmax_agreement >= 0.9  # per pixel
+
+
+@pytest.mark.slow
+def test_benchmark_quick_run(capsys):
+    """benchmarks/qat.py --quick: every stage runs and the table has all rows."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks", "qat.py")
+    spec = importlib.util.spec_from_file_location("qat_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--quick", "--no-write"]) == 0
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert len(table) == 1 + 6  # header + six stages
+    assert sum("QAT" in line for line in table) == 2
+    assert tf.keras.layers.Dense is keras.layers.Dense
