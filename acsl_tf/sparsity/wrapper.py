@@ -432,19 +432,43 @@ class PruneLowCorrelation(keras.layers.Wrapper):
                 "keras.optimizers.SGD with momentum for sparsity training (docs/ACSL.md).",
             )
 
+    def _refresh_moving_statistics(self, old_mean, old_variance):
+        """Redo the BatchNorm's last moving-statistics update with
+        :meth:`moving_momentum` instead of its own momentum ``m0``.
+
+        The BatchNorm has just set ``new = m0 * old + (1 - m0) * batch``;
+        ``m * old + (1 - m) * batch`` is ``(m - k m0) * old + k * new`` with
+        ``k = (1 - m) / (1 - m0)``. Working from the values the BatchNorm
+        wrote (rather than setting its ``momentum`` for the call) keeps the
+        layer untouched, which replicas of a ``tf.distribute`` strategy
+        share, and uses its own batch moments, synchronized or masked.
+        """
+        bn = self.layer
+        m0 = float(bn.momentum)
+        if bn.renorm or m0 >= 1.0:
+            return
+        m = self.moving_momentum()
+        k = (1.0 - m) / (1.0 - m0)
+        for var, old in ((bn.moving_mean, old_mean), (bn.moving_variance, old_variance)):
+            new = ops.convert_to_tensor(var)
+            var.assign(ops.cast((m - k * m0) * old + k * new, var.dtype))
+
     def call(self, inputs, training=None, mask=None):
+        fresh = (
+            training is True
+            and not self._recalibrating
+            and self.moving_stats_momentum is not None
+            and self.layer.trainable
+        )
         if training is True and not self._recalibrating:
             self._check_training_setup()
-            bn_momentum = self.layer.momentum
-            # The BatchNorm reads `momentum` when it updates its moving
-            # statistics; a tensor lets the momentum depend on the step.
-            self.layer.momentum = self.moving_momentum()
-            try:
-                outputs = self.layer(inputs, training=training, mask=mask)
-            finally:
-                self.layer.momentum = bn_momentum
-        else:
-            outputs = self.layer(inputs, training=training, mask=mask)
+        if fresh:
+            # Copies: a converted variable would be read after the update.
+            old_mean = ops.copy(self.layer.moving_mean)
+            old_variance = ops.copy(self.layer.moving_variance)
+        outputs = self.layer(inputs, training=training, mask=mask)
+        if fresh:
+            self._refresh_moving_statistics(old_mean, old_variance)
         if training is True:
             if self.tracks_affinity:
                 self._update_statistics(outputs)
