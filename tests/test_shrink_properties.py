@@ -155,7 +155,7 @@ def check(data):
     y0 = np.asarray(model(x, training=False), np.float64)
     y1 = np.asarray(small(x, training=False), np.float64)
     rel = np.abs(y0 - y1).max() / max(np.abs(y0).max(), 1e-6)
-    notes = set(res.approximations) | set(plan.notes)
+    notes = set(res.approximations)
     assert rel <= 1e-4 or notes, f"silently wrong: relative deviation {rel:.3g}"
     assert small.count_params() == plan.params_after
     assert profile(small).total_flops == plan.flops_after

@@ -181,7 +181,9 @@ def apply_plan(
         )
     if any(_is_wrapped_bn(c.op) for c in graph.trace.calls):
         graph, keep = _strip_and_map(graph, keep)
-    notes = list(_fold.handler_fold_note(graph, keep))
+    # Products (squeeze-and-excitation gates) are checked by the probe: a
+    # removed channel that is not constant there is reported by the fold.
+    notes = list(_fold.handler_fold_note(graph, keep, conditional=not fold_removed))
     pr = None
     folds: dict = {}
     if keep:
@@ -206,8 +208,9 @@ def apply_plan(
             "; ".join(notes)
             if notes
             else (
-                "no approximation is known here: this is a defect of the rewriter, please report "
-                "it with the model"
+                "no approximation is known here. Deep networks with random weights amplify "
+                "float32 round-off (check with keras.config.set_floatx('float64')); otherwise "
+                "this is a defect of the rewriter: please report it with the model"
             )
         )
         if not fold_removed:

@@ -228,9 +228,10 @@ def measure(model, pr: Probe) -> tuple[float, float]:
     return err, err / max(scale, 1e-12)
 
 
-def handler_fold_note(graph, keep) -> list:
+def handler_fold_note(graph, keep, *, conditional: bool = True) -> list:
     """Approximations the graph knows before any probe (channel-axis
-    normalisations reading removed channels, conditional coverage)."""
+    normalisations reading removed channels and, with ``conditional``,
+    coverage through a product, which the probe then checks)."""
     notes = []
     for call in graph.trace.calls:
         h = graph.handler(call.op)
@@ -238,7 +239,7 @@ def handler_fold_note(graph, keep) -> list:
             m = graph.call_in_maps[call.index][0]
             if graph.keep_features(m, keep) is not None:
                 notes.append(graph.notes.get(graph.name(call.op), graph.name(call.op)))
-    for r in keep:
+    for r in keep if conditional else ():
         g = graph.groups[r]
         if g.conditional:
             notes.append(
