@@ -121,6 +121,7 @@ def prune_low_correlation(
     ignored_layers=(),
     pruning_policy: Callable[[keras.layers.Layer], bool] | None = None,
     handlers=None,
+    moving_stats_momentum: float | None = 0.5,
 ) -> keras.Model:
     """Wrap every prunable unit of a model for ACSL sparsity training.
 
@@ -160,6 +161,9 @@ def prune_low_correlation(
             returns False are left unwrapped.
         handlers: ``{layer class: LayerHandler}`` for layers of your own
             (scoped to this call; see docs/SHRINK.md).
+        moving_stats_momentum: momentum of the BatchNorm moving statistics
+            during sparsity training (see :class:`PruneLowCorrelation`; None
+            keeps each BatchNorm's own).
 
     Returns:
         A new functional ``keras.Model`` with the same inputs, outputs and
@@ -232,6 +236,7 @@ def prune_low_correlation(
         method=method,
         target_flops=target_flops,
         target_params=target_params,
+        moving_stats_momentum=moving_stats_momentum,
     )
     # Validate the options once, before cloning anything.
     probe = next(iter(units.values()))[0]
