@@ -108,6 +108,19 @@ def nested_sequential():
     return keras.Model(inp, keras.layers.Dense(2, name="fc")(x), name="nested")
 
 
+def activations_and_more():
+    inp = keras.Input((8, 8, 3), name="img")
+    x = keras.layers.Conv2DTranspose(6, 3, strides=2, padding="same", name="up_conv")(inp)
+    x = keras.layers.LayerNormalization(name="ln")(x)
+    x = keras.layers.LeakyReLU(0.1, name="leaky")(x)  # negative_slope <-> alpha
+    x = keras.layers.Activation("hard_silu", name="hswish")(x)  # no tf_keras name
+    x = keras.layers.SpatialDropout2D(0.2, name="sdrop")(x)
+    x = keras.layers.Resizing(10, 10, name="resize")(x)
+    x = keras.ops.hard_sigmoid(x) * x  # Keras 3's hard_sigmoid differs from tf_keras'
+    x = keras.layers.PReLU(name="prelu")(x)
+    return keras.Model(inp, keras.layers.GlobalAveragePooling2D(name="gap")(x), name="acts")
+
+
 def _zoo():
     return {
         "residual_cnn_bn": (lambda: small_cnn(), (8, 8, 3)),
@@ -120,6 +133,7 @@ def _zoo():
             (8, 8, 3),
         ),
         "raw_keras_ops": (raw_ops, (8, 8, 3)),
+        "activations_and_more": (activations_and_more, (8, 8, 3)),
         "nested_and_shared": (nested_sequential, (8, 8, 3)),
         "sequential": (
             lambda: keras.Sequential(
@@ -157,8 +171,8 @@ def test_round_trip_equal_outputs_and_params(name):
     assert back.count_params() == model.count_params()
     assert _max_err(keras.ops.convert_to_numpy(back(x, training=False)), y) <= TOL
     assert isinstance(back, keras.Sequential) == isinstance(model, keras.Sequential)
-    # Layers keep their names (raw keras.ops become layers or TF ops; skip those).
-    names = {layer.name for layer in model.layers}
+    # Layers keep their names (raw keras.ops and hard_silu become layers or TF ops).
+    names = {layer.name for layer in model.layers} - {"hswish"}
     assert names <= {layer.name for layer in legacy.layers} | {"img", "feat"}
 
 
@@ -297,9 +311,41 @@ def test_unsupported_layer_with_a_converter():
 
 def test_unsupported_raw_op_is_named():
     inp = keras.Input((4,), name="x")
-    model = keras.Model(inp, keras.ops.hard_sigmoid(inp))
-    with pytest.raises(ValueError, match=r"keras.ops HardSigmoid.*Received: operation=HardSigmoid"):
+    model = keras.Model(inp, keras.ops.erf(inp))
+    with pytest.raises(ValueError, match=r"keras.ops Erf.*Received: operation=Erf"):
         interop.to_tf_keras(model)
+
+
+def test_activations_that_differ_between_the_versions():
+    # Keras 3 hard_sigmoid is relu6(x + 3) / 6, tf_keras' is clip(0.2 x + 0.5, 0, 1):
+    # inside another layer it cannot be kept, so it is refused by name.
+    inp = keras.Input((4,), name="x")
+    dense = keras.Model(inp, keras.layers.Dense(3, activation="hard_sigmoid", name="d")(inp))
+    with pytest.raises(ValueError, match=r"'d' \(Dense\) uses activation='hard_sigmoid'"):
+        interop.to_tf_keras(dense)
+    # A tf_keras Activation("hard_sigmoid") keeps tf_keras' meaning in Keras 3.
+    t_inp = tf_keras.Input((5,), name="x")
+    legacy = tf_keras.Model(t_inp, tf_keras.layers.Activation("hard_sigmoid", name="hs")(t_inp))
+    x = np.linspace(-4, 4, 15, dtype=np.float32).reshape(3, 5)
+    k3 = interop.from_tf_keras(legacy)
+    assert _max_err(keras.ops.convert_to_numpy(k3(x)), legacy(x).numpy()) <= TOL
+    assert _max_err(legacy(x).numpy(), np.clip(0.2 * x + 0.5, 0, 1)) <= TOL
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["MobileNetV2", "MobileNetV3Small", "EfficientNetB0"])
+def test_keras_applications_round_trip(name):
+    kwargs = {"alpha": 0.35} if name == "MobileNetV2" else {}
+    model = getattr(keras.applications, name)(
+        input_shape=(32, 32, 3), weights=None, classes=10, **kwargs
+    )
+    x = np.random.default_rng(6).random((2, 32, 32, 3), dtype=np.float32)
+    y = keras.ops.convert_to_numpy(model(x, training=False))
+    legacy = interop.to_tf_keras(model)
+    back = interop.from_tf_keras(legacy)
+    assert legacy.count_params() == back.count_params() == model.count_params()
+    assert _max_err(legacy(x, training=False).numpy(), y) <= TOL
+    assert _max_err(keras.ops.convert_to_numpy(back(x, training=False)), y) <= TOL
 
 
 def test_wrapped_model_is_refused_until_stripped():

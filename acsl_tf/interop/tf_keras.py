@@ -38,7 +38,20 @@ _K3_BASE_KWARGS = {"name", "dtype", "trainable", "activity_regularizer", "input_
                    "input_dim", "batch_input_shape", "batch_size", "autocast"}  # fmt: skip
 # Keras 3 config entries that tf_keras lacks and that are harmless at these values.
 _DEFAULTS_OK = (None, False, 0, (), [], {}, "linear")
-_HARMLESS = {"groups": 1, "axis": -1}
+_HARMLESS = {
+    "groups": 1,
+    "axis": -1,
+    "data_format": "channels_last",
+    "fill_mode": "constant",  # Keras 3 Resizing: only used with pad_to_aspect_ratio
+    "fill_value": 0.0,
+}
+# Settings that change speed or memory only, never the outputs.
+_ALWAYS_DROPPABLE = {"implementation", "trainable"}  # `trainable` is set after creation
+# Constructor arguments renamed between the two Keras versions: {class: {Keras 3: tf_keras}}.
+_RENAMED = {"LeakyReLU": {"negative_slope": "alpha"}}
+# Activation names whose meaning differs between the versions (Keras 3:
+# relu6(x + 3) / 6; tf_keras: clip(0.2 x + 0.5, 0, 1)) or that tf_keras lacks.
+_HARD_ACTIVATIONS = ("hard_sigmoid", "hard_silu", "hard_swish")
 _OBJECT_SUFFIXES = ("_initializer", "_regularizer", "_constraint")
 
 
@@ -68,7 +81,8 @@ def _accepted_kwargs(cls, base):
             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
         }
         if not any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values()):
-            break
+            # No **kwargs: the base-layer keywords only reach the layer if listed.
+            return params - {"self"}
     return (params | base) - {"self"}
 
 
@@ -111,9 +125,21 @@ def _convert_object(value, getter, layer, key):
         ) from e
 
 
-def _translate_config(layer, target_cls, base_kwargs, getters):
+def _translate_config(layer, target_cls, base_kwargs, getters, *, to_legacy):
     """The layer's config, adapted to ``target_cls``'s constructor."""
     cfg = {k: _plain(v) for k, v in layer.get_config().items()}
+    for k3_key, tfk_key in _RENAMED.get(target_cls.__name__, {}).items():
+        old, new = (k3_key, tfk_key) if to_legacy else (tfk_key, k3_key)
+        if old in cfg:
+            cfg[new] = cfg.pop(old)
+    if cfg.get("activation") in _HARD_ACTIVATIONS:
+        raise ValueError(
+            f"Layer {layer.name!r} ({type(layer).__name__}) uses activation="
+            f"{cfg['activation']!r}, which Keras 3 and tf_keras define differently (Keras 3: "
+            "relu6(x + 3) / 6; tf_keras: clip(0.2 x + 0.5, 0, 1)) or not at all. Use a "
+            "separate Activation layer (converted exactly) or pass a converter for this "
+            f"layer in `converters`. Received: activation={cfg['activation']!r}"
+        )
     if target_cls.__name__ == "BatchNormalization" and isinstance(cfg.get("axis"), list):
         if len(cfg["axis"]) != 1:
             raise ValueError(
@@ -135,8 +161,9 @@ def _translate_config(layer, target_cls, base_kwargs, getters):
         harmless = (
             value is None
             or key.endswith("_initializer")
+            or key in _ALWAYS_DROPPABLE
             or (
-                isinstance(value, (bool, int, str, tuple, list, dict))
+                isinstance(value, (bool, int, float, str, tuple, list, dict))
                 and (value in _DEFAULTS_OK or _HARMLESS.get(key, object()) == value)
             )
         )
@@ -309,6 +336,12 @@ def _is_tfk_tensor(x):
     return hasattr(x, "_keras_history") or type(x).__name__ == "KerasTensor"
 
 
+def _hard_tf(tf, x, *, silu):
+    """Keras 3's hard_sigmoid (relu6(x + 3) / 6) or hard_silu (x times that) as TF ops."""
+    y = tf.math.truediv(tf.nn.relu6(tf.math.add(x, 3.0)), 6.0)
+    return tf.math.multiply(x, y) if silu else y
+
+
 def _raw_op_to_tfk(op, args, kwargs, tfk, tf):
     """Apply the tf_keras equivalent of a raw Keras 3 operation to tf_keras tensors."""
     kind = type(op).__name__
@@ -368,11 +401,18 @@ def _raw_op_to_tfk(op, args, kwargs, tfk, tf):
         return tf.cast(args[0], cfg["dtype"])
     elif kind == "GetItem" and len(args) == 2:
         return args[0][args[1]]
+    elif kind in ("HardSigmoid", "HardSilu", "HardSwish") and len(args) == 1:
+        return _hard_tf(tf, args[0], silu=kind != "HardSigmoid")
     raise ValueError(
         f"The raw operation {name!r} (keras.ops {kind}) has no tf_keras equivalent in "
         "acsl_tf.interop. Replace it with a Keras layer, or pass a converter for it in "
         f"`converters`. Received: operation={kind}"
     )
+
+
+def _activation_name(layer):
+    act = layer.get_config().get("activation")
+    return act if isinstance(act, str) else getattr(act, "__name__", None)
 
 
 def _tfk_getters(tfk):
@@ -397,9 +437,11 @@ def _layer_to_tfk(layer, tfk, converters):
             f"`converters={{{cls_name!r}: fn}}` where fn(layer) returns an equivalent "
             f"tf_keras layer. Received: layer={layer.name!r} ({type(layer).__module__}.{cls_name})"
         )
-    cfg = _translate_config(layer, target, _TFK_BASE_KWARGS, _tfk_getters(tfk))
+    cfg = _translate_config(layer, target, _TFK_BASE_KWARGS, _tfk_getters(tfk), to_legacy=True)
     try:
-        return target.from_config(cfg)
+        new = target.from_config(cfg)
+        new.trainable = layer.trainable
+        return new
     except (TypeError, ValueError) as e:
         raise ValueError(
             f"Layer {layer.name!r} ({cls_name}) could not be re-created in tf_keras: {e} "
@@ -447,6 +489,12 @@ def _to_tfk(model, tfk, tf, converters, memo):
                     _check_graph_model(op, what="to_tf_keras", flavour="keras")
                     new = memo[id(op)] = _to_tfk(op, tfk, tf, converters, memo)
                 out = new(*args, **kwargs)
+            elif (
+                type(op) is keras.layers.Activation
+                and _activation_name(op) in _HARD_ACTIVATIONS
+                and not _converters_for(converters, op)
+            ):
+                out = _hard_tf(tf, args[0], silu=_activation_name(op) != "hard_sigmoid")
             elif isinstance(op, keras.layers.Layer) or _converters_for(converters, op):
                 new = memo.get(id(op))
                 first = new is None
@@ -684,9 +732,11 @@ def _layer_to_k3(layer, converters):
             f"`converters={{{cls_name!r}: fn}}` where fn(layer) returns an equivalent "
             f"Keras 3 layer. Received: layer={layer.name!r} ({type(layer).__module__}.{cls_name})"
         )
-    cfg = _translate_config(layer, target, _K3_BASE_KWARGS, _k3_getters())
+    cfg = _translate_config(layer, target, _K3_BASE_KWARGS, _k3_getters(), to_legacy=False)
     try:
-        return target.from_config(cfg)
+        new = target.from_config(cfg)
+        new.trainable = layer.trainable
+        return new
     except (TypeError, ValueError) as e:
         raise ValueError(
             f"Layer {layer.name!r} ({cls_name}) could not be re-created in Keras 3: {e} "
@@ -736,6 +786,12 @@ def _to_k3(model, tf, converters, memo):
                     _check_graph_model(layer, what="from_tf_keras", flavour="tf_keras")
                     new = memo[id(layer)] = _to_k3(layer, tf, converters, memo)
                 out = new(*args, **kwargs)
+            elif (
+                kind == "Activation"
+                and _activation_name(layer) == "hard_sigmoid"
+                and not _converters_for(converters, layer)
+            ):
+                out = keras.ops.clip(keras.ops.add(keras.ops.multiply(args[0], 0.2), 0.5), 0, 1)
             elif kind in ("TFOpLambda", "SlicingOpLambda") and not _converters_for(
                 converters, layer
             ):
