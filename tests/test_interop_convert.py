@@ -254,10 +254,8 @@ def test_maybe_from_and_to_tf_keras():
 
 def _tfmot():
     """tfmot, imported through the guard (a bare import would flip `tf.keras`)."""
-    from acsl_tf.interop import _legacy
-
     try:
-        return _legacy.tfmot()
+        return interop.import_tfmot()
     except ImportError:  # pragma: no cover - installed by scripts/bootstrap.sh
         pytest.skip("tensorflow-model-optimization is not installed")
 
@@ -390,8 +388,7 @@ def test_importing_acsl_tf_and_tfmot_leaves_keras_alone():
         from acsl_tf import interop
         assert "tf_keras" not in sys.modules, "tf_keras imported"
         assert "tensorflow_model_optimization" not in sys.modules, "tfmot imported"
-        from acsl_tf.interop import _legacy
-        tfmot = _legacy.tfmot()
+        tfmot = interop.import_tfmot()
         assert tfmot.quantization.keras.quantize_model
         import keras, tensorflow as tf
         assert os.environ.get("TF_USE_LEGACY_KERAS") is None, os.environ["TF_USE_LEGACY_KERAS"]

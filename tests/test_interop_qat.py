@@ -14,7 +14,7 @@ from acsl_tf import export, interop
 
 pytest.importorskip("ai_edge_litert")
 try:  # through the guard: a bare `import tensorflow_model_optimization` would flip tf.keras
-    interop._legacy.tfmot()
+    interop.import_tfmot()
 except ImportError:  # pragma: no cover - tfmot is installed by scripts/bootstrap.sh
     pytest.skip("tf_keras / tensorflow-model-optimization not installed", allow_module_level=True)
 
@@ -117,10 +117,9 @@ def test_processes_keras_unchanged(qat_run):
 
 
 def test_range_initialization_sets_ranges_from_data():
-    from acsl_tf.interop import _legacy
     from acsl_tf.interop.qat import _init_ranges
 
-    tfmot = _legacy.tfmot()
+    tfmot = interop.import_tfmot()
     legacy = interop.to_tf_keras(small_cnn())
     x = _data(64)[0]
     q = tfmot.quantization.keras.quantize_model(legacy)

@@ -7,12 +7,16 @@
   for entry points that accept both kinds of model.
 - :func:`quantize_aware`: quantization-aware fine-tuning with tfmot and a
   verified int8 TFLite export.
+- :func:`import_tfmot` / :func:`import_tf_keras`: the modules, imported without
+  changing ``tf.keras`` or ``TF_USE_LEGACY_KERAS``.
 
 tf_keras and tfmot are optional and imported only when one of these functions
 runs; the process's ``keras``, ``tf.keras`` and ``TF_USE_LEGACY_KERAS`` are left
 as they were. Install them with ``pip install "acsl_tf[bench]"``.
 """
 
+from acsl_tf.interop._legacy import tf_keras as import_tf_keras
+from acsl_tf.interop._legacy import tfmot as import_tfmot
 from acsl_tf.interop.qat import QATResult, quantize_aware
 from acsl_tf.interop.tf_keras import (
     from_tf_keras,
@@ -26,6 +30,8 @@ from acsl_tf.interop.tf_keras import (
 __all__ = [
     "QATResult",
     "from_tf_keras",
+    "import_tf_keras",
+    "import_tfmot",
     "is_tf_keras_model",
     "maybe_from_tf_keras",
     "maybe_to_tf_keras",

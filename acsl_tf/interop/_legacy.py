@@ -71,12 +71,23 @@ def _require(module: str, what: str):
 
 
 def tf_keras():
-    """The ``tf_keras`` module (imported lazily, with an install hint on failure)."""
+    """The ``tf_keras`` module (imported lazily, with an install hint on failure).
+
+    Public as ``acsl_tf.interop.import_tf_keras``.
+    """
     return _require("tf_keras", "Converting between Keras 3 and tf_keras")
 
 
 def tfmot():
-    """The ``tensorflow_model_optimization`` module, imported without changing ``tf.keras``."""
+    """The ``tensorflow_model_optimization`` module, imported without changing ``tf.keras``.
+
+    Public as ``acsl_tf.interop.import_tfmot``. Importing tfmot directly sets
+    ``TF_USE_LEGACY_KERAS=1`` in the process; this import restores the
+    variable and keeps ``tf.keras`` bound as it was.
+
+    Raises:
+        ImportError: tf_keras or tfmot is missing; the message has the pip command.
+    """
     tf_keras()
     return _require("tensorflow_model_optimization", "Quantization-aware training through tfmot")
 
