@@ -335,3 +335,36 @@ def test_stopping_rules_are_checked():
     with pytest.raises(ValueError, match="need the targets"):
         aux = dcp.with_auxiliary_heads(m, at=["a"], task="classification")
         dcp.select_channels(m, x, heads=aux, channels=2, verbose=0)
+
+
+def test_per_layer_channel_counts_and_progress_output(capsys):
+    m = _residual_model()
+    x = np.random.default_rng(0).normal(size=(8, 8, 8, 3)).astype("float32")
+    res = dcp.select_channels(m, x, channels={"c1": 2, "stem_bn": 0.75}, steps=1, verbose=1)
+    assert {s.name: len(s.kept) for s in res.layers} == {"stem+c2": 6, "c1": 2}
+    out = capsys.readouterr().out
+    assert "DCP [1/2] stem+c2: 8 channels" in out and "DCP [2/2] c1: 6 channels" in out
+
+
+def test_unreachable_target_is_an_error():
+    m = _dense_pair()
+    x = np.zeros((4, 5), "float32")
+    with pytest.raises(ValueError, match=r"cannot be met.*Received: target_flops=0.99"):
+        dcp.select_channels(m, x, target_flops=0.99, verbose=0)
+
+
+@pytest.mark.slow
+def test_dcp_model_exports_to_tflite(tmp_path):
+    pytest.importorskip("ai_edge_litert")
+    m = acsl_tf.models.vgg_small((16, 16, 1), width=0.125)
+    rng = np.random.default_rng(0)
+    x = rng.random((16, 16, 16, 1)).astype("float32")
+    aux = dcp.with_auxiliary_heads(m)
+    res = dcp.select_channels(
+        m, x, rng.integers(0, 10, 16), heads=aux, channels=0.5, steps=1, verbose=0
+    )
+    thin = res.apply()
+    path = tmp_path / "thin.tflite"
+    acsl_tf.export.to_tflite(thin, path)
+    assert path.stat().st_size > 1000
+    assert all("aux" not in layer.name for layer in thin.layers)
