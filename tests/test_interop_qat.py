@@ -196,6 +196,11 @@ def test_bad_arguments(tmp_path):
         interop.quantize_aware(m, tmp_path / "m.tflite", iter([(x, y)]), loss=_loss())
     with pytest.raises(ValueError, match=r"`labels` must have one entry.*Received: labels.shape"):
         interop.quantize_aware(m, tmp_path / "m.tflite", x, y, loss=_loss(), labels=y[:3])
+    inp = keras.Input((8, 8, 3))
+    half = keras.layers.Conv2D(3, 3, name="c")(inp) * 0.5  # a TF op layer in tf_keras
+    raw = keras.Model(inp, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(half)))
+    with pytest.raises(ValueError, match=r"TensorFlow-op layers.*Received: layers=\['tf.math"):
+        interop.quantize_aware(raw, tmp_path / "m.tflite", x, y, loss=_loss())
     schedule = keras.optimizers.schedules.ExponentialDecay(1e-3, 10, 0.9)
     with pytest.raises(ValueError, match=r"learning_rate.*schedule"):
         interop.quantize_aware(

@@ -281,6 +281,29 @@ def _compare(reference, produced, labels):
     return stats
 
 
+def _op_layers(model):
+    """tf_keras layers that wrap TensorFlow ops or Python code, recursing into nested models."""
+    found = []
+    for layer in model.layers:
+        if hasattr(layer, "layers"):
+            found += _op_layers(layer)
+        elif type(layer).__name__ in ("TFOpLambda", "SlicingOpLambda", "Lambda"):
+            found.append(layer.name)
+    return found
+
+
+def _check_quantizable(legacy):
+    """Refuse, with a clear message, what tfmot's default scheme mishandles."""
+    ops = _op_layers(legacy)
+    if ops:
+        raise ValueError(
+            "tfmot's default 8-bit scheme cannot quantize TensorFlow-op layers, which this "
+            "model gets from raw `keras.ops` calls without a layer form (e.g. `x * 0.5`, a "
+            "slice, a reduction over the channels). Replace them with Keras layers (e.g. "
+            f"`keras.layers.Rescaling(0.5)` for `x * 0.5`). Received: layers={ops}"
+        )
+
+
 def _check_positive(**values):
     for name, value in values.items():
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -465,6 +488,7 @@ def quantize_aware(
                     "`representative_data` (or `x`). Received: "
                     f"labels.shape={np.asarray(labels).shape}"
                 )
+        _check_quantizable(legacy)
         try:
             qat = tfmot.quantization.keras.quantize_model(legacy)
         except (RuntimeError, ValueError) as e:
