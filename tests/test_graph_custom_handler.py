@@ -87,3 +87,21 @@ def test_composite_block_with_handler_prunes_exactly():
     assert acsl_tf.profile(small, handlers=handlers).total_flops == plan.flops_after
     # the handler never leaked into the defaults
     assert acsl_tf.plan_shrink(m, ratio=0.5, criterion="l1").channels_removed == 0
+
+
+def test_consumer_without_fold_rule_is_reported():
+    class NoFold(ConvBNReLUHandler):
+        def fold(self, layer, consts, removed):
+            return None
+
+    i = keras.Input((8, 8, 3))
+    x = L.Conv2D(6, 1, name="c")(i)
+    x = L.BatchNormalization(name="bn")(x)
+    x = L.Activation("sigmoid")(x)  # removed channels carry sigmoid(beta) != 0
+    x = ConvBNReLU(4, kernel_size=1, name="block")(x)
+    m = keras.Model(i, L.Conv2D(2, 1)(x))
+    handlers = {ConvBNReLU: NoFold()}
+    plan = acsl_tf.plan_shrink(m, keep={"bn": [0, 1, 2]}, handlers=handlers)
+    res = acsl_tf.apply_plan(m, plan, verify=False)
+    assert len(res.approximations) == 1 and "'block'" in res.approximations[0]
+    assert "no fold rule" in res.approximations[0]

@@ -168,8 +168,10 @@ def fold_plan(graph, keep: dict, pr: Probe) -> tuple[dict, list]:
         consts[removed] = v.mean(axis=0)
         res = h.fold(call.op, consts, removed)
         if res is None:
+            # Only a consumer (a layer that opens new channels) drops the
+            # removed channels; element-wise layers carry the removal on.
             big = float(np.abs(consts[removed]).max()) if removed.any() else 0.0
-            if big > 1e-6:
+            if big > 1e-6 and h.coverage_kind(graph, call) == "producer":
                 notes.append(
                     f"{graph.name(call.op)!r} ({type(call.op).__name__}) has no fold rule; the "
                     f"removed channels' constant (up to {big:.3g}) is dropped"
