@@ -275,6 +275,12 @@ def test_dkp_pruned_kernels_are_zero_and_sparsity_matches():
     # same architecture, original untouched
     assert res.model.count_params() == m.count_params()
     assert np.count_nonzero(np.asarray(m.get_layer("c1").kernel)) == 3 * 3 * 3 * 4
+    # fine-tuning with the callback keeps the zeros
+    res.model.compile("adam", "mse")
+    res.model.fit(x, np.ones((8, 2)), epochs=2, verbose=0, callbacks=[res.keep_zeros()])
+    for sel in res.layers:
+        k = np.asarray(res.model.get_layer(sel.name).kernel)
+        assert int((k == 0).sum()) == k.size - len(sel.kept) * k.size // sel.size
 
 
 def test_report_and_plot(tmp_path):

@@ -25,6 +25,7 @@ from acsl_tf.dcp.report import dcp_report, dkp_report, plot_widths
 from acsl_tf.dcp.select import (
     DCPResult,
     DKPResult,
+    KeepPrunedKernels,
     LayerSelection,
     apply_dcp,
     greedy_select,
@@ -36,6 +37,7 @@ __all__ = [
     "AuxiliaryHeads",
     "DCPResult",
     "DKPResult",
+    "KeepPrunedKernels",
     "LayerSelection",
     "ResizedDensityMSE",
     "ResizedSparseCategoricalCrossentropy",

@@ -45,6 +45,7 @@ from acsl_tf.graph import DependencyGraph
 __all__ = [
     "DCPResult",
     "DKPResult",
+    "KeepPrunedKernels",
     "LayerSelection",
     "greedy_select",
     "select_channels",
@@ -297,6 +298,22 @@ class DKPResult:
     dense_bytes: int
     sparse_bytes: int
     seconds: float = 0.0
+
+    @property
+    def masks(self) -> dict:
+        """``{layer name: (C_in, C_out) float mask}``: 1 for kept kernels."""
+        out = {}
+        for sel in self.layers:
+            k = self.model.get_layer(sel.name).kernel
+            f_in, c_out = int(k.shape[-2]), int(k.shape[-1])
+            m = np.zeros(f_in * c_out, np.float32)
+            m[list(sel.kept)] = 1.0
+            out[sel.name] = m.reshape(f_in, c_out)
+        return out
+
+    def keep_zeros(self):
+        """A callback for ``fit`` that keeps the pruned kernels at zero."""
+        return KeepPrunedKernels(self.masks)
 
     def summary(self) -> str:
         from acsl_tf.dcp.report import dkp_report
@@ -1017,6 +1034,32 @@ def select_kernels(
         sparse_bytes=other + sparse_extra,
         seconds=time.perf_counter() - t0,
     )
+
+
+class KeepPrunedKernels(keras.callbacks.Callback):
+    """Re-apply DKP's kernel masks after every training batch, so fine-tuning
+    keeps the pruned kernels at zero.
+
+    Args:
+        masks: ``{layer name: (C_in, C_out) mask}`` (see
+            :attr:`DKPResult.masks`).
+    """
+
+    def __init__(self, masks):
+        super().__init__()
+        self.masks = {k: np.asarray(v, np.float32) for k, v in masks.items()}
+
+    def _apply(self):
+        for name, m in self.masks.items():
+            k = self.model.get_layer(name).kernel
+            shape = (1,) * (len(k.shape) - 2) + m.shape
+            k.assign(k * keras.ops.convert_to_tensor(m.reshape(shape), k.dtype))
+
+    def on_train_begin(self, logs=None):
+        self._apply()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._apply()
 
 
 def _rebind_heads(heads, model, clone):
