@@ -81,7 +81,9 @@ def shrink(
     ``acsl_tf.prune_low_correlation`` is stripped first.
 
     Args:
-        model: A functional or Sequential Keras model.
+        model: A functional or Sequential Keras model; a tf_keras model is
+            converted (``acsl_tf.interop``) and the result handed back as
+            tf_keras.
         threshold, ratio, target_flops, target_params, keep, criterion,
         min_channels, round_to, ignored_layers, handlers, strict, seed: See
             :func:`acsl_tf.plan_shrink`.
@@ -163,8 +165,13 @@ def apply_plan(
         raise ValueError(f"verify must be 'warn', 'raise' or False. Received: verify={verify!r}")
     if verify is True:
         verify = "raise"
+    from acsl_tf.interop import _legacy
+
+    was_tf_keras = _legacy.is_tf_keras_object(model)
     if isinstance(plan, ShrinkPlan):
         graph = plan._graph
+        if graph is not None and getattr(graph, "source_model", None) is model:
+            model = graph.model  # the Keras 3 copy of a tf_keras model
         if graph is None or graph.model is not model:
             raise ValueError(
                 "plan was computed for a different model object; call plan_shrink(model, ...) "
@@ -172,6 +179,10 @@ def apply_plan(
             )
         keep = dict(plan._keep)
     elif isinstance(plan, PlanFile):
+        if was_tf_keras:
+            from acsl_tf.pruning.plan import _from_tf_keras
+
+            model = _from_tf_keras(model)
         graph = DependencyGraph(model, ignored_layers=ignored_layers, handlers=handlers)
         keep = plan.resolve(graph)
     else:
@@ -223,6 +234,10 @@ def apply_plan(
         if verify == "raise":
             raise ValueError(msg)
         warnings.warn(msg, ApproximateShrinkWarning, stacklevel=3)
+    if was_tf_keras:
+        from acsl_tf.interop.tf_keras import to_tf_keras
+
+        new = to_tf_keras(new)
     return ShrinkResult(new, err, rel, exact, tuple(dict.fromkeys(notes)))
 
 

@@ -350,7 +350,8 @@ def plan_shrink(
 
     Args:
         model: A functional or Sequential Keras model, plain or wrapped with
-            ``acsl_tf.prune_low_correlation``.
+            ``acsl_tf.prune_low_correlation``, or a tf_keras model (converted
+            with ``acsl_tf.interop.from_tf_keras``).
         threshold: Remove channels whose score (``|gamma|`` for the default
             criterion) is below this in every BN of their group.
         ratio: Global fraction (0..1) of the prunable channels to remove, lowest
@@ -415,11 +416,14 @@ def plan_shrink(
     min_channels = _validation.positive_int(min_channels, "min_channels")
     round_to = _validation.positive_int(round_to, "round_to")
     crit = _criteria.get_criterion(criterion)
+    source = model
+    model = _from_tf_keras(model)
     if graph is None:
         graph = DependencyGraph(
             model, ignored_layers=ignored_layers, handlers=handlers, strict=strict
         )
-    elif graph.model is not model:
+        graph.source_model = source
+    elif graph.model is not model and getattr(graph, "source_model", None) is not source:
         raise ValueError(
             "graph= was built for another model. Received: graph of "
             f"{graph.model.name!r} for model {model.name!r}"
@@ -447,6 +451,18 @@ def plan_shrink(
         else:
             keep_idx = _rank_globally(gs, roots, sizes, mode, value, cost, min_channels, round_to)
     return _make_plan(graph, cost, keep_idx, crit.name, roots)
+
+
+def _from_tf_keras(model):
+    """A tf_keras model converted to Keras 3 (``acsl_tf.interop``); anything
+    else unchanged."""
+    from acsl_tf.interop import _legacy
+
+    if not _legacy.is_tf_keras_object(model):
+        return model
+    from acsl_tf.interop.tf_keras import from_tf_keras
+
+    return from_tf_keras(model)
 
 
 def _nothing_prunable(graph, crit, mode):

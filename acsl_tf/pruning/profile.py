@@ -117,6 +117,10 @@ def profile(model, trace=None, *, handlers=None, graph=None) -> Profile:
     """
     if trace is None and handlers is None and graph is not None:
         trace = graph.trace
+    if trace is None:
+        from acsl_tf.pruning.plan import _from_tf_keras
+
+        model = _from_tf_keras(model)
     tr = trace if trace is not None else trace_model(model)
     reg = graph.registry if graph is not None else _handlers.default_registry().copy()
     for cls, h in dict(handlers or {}).items():

@@ -136,7 +136,9 @@ def prune_low_correlation(
 
     Args:
         model: a built Functional or Sequential model (nested functional
-            models, e.g. a ``keras.applications`` backbone, are handled).
+            models, e.g. a ``keras.applications`` backbone, are handled), or a
+            tf_keras model, converted to Keras 3 (``acsl_tf.interop``); the
+            wrapped model is Keras 3.
         penalty: base L1 strength lambda (Network Slimming uses 1e-4 for VGG,
             1e-5 for ResNets).
         affinity: ``"cosine"`` or ``"attention"``.
@@ -182,6 +184,9 @@ def prune_low_correlation(
     small = acsl_tf.shrink(pruned, ratio=0.5)
     ```
     """
+    from acsl_tf.pruning.plan import _from_tf_keras
+
+    model = _from_tf_keras(model)  # training runs in Keras 3
     _check_model(model, "prune_low_correlation")
     if method == "cap":
         direction = "uniform" if direction == "redundant" else direction
