@@ -15,6 +15,12 @@ from acsl_tf.graph.handlers.base import (
 )
 
 
+def _slice_vectors(layer, keep):
+    """Config and weights of a layer whose weights are all per-channel vectors."""
+    ws = _weights(layer)
+    return layer.get_config(), (ws if keep is None else [w[keep] for w in ws])
+
+
 class BatchNormHandler(LayerHandler):
     """BatchNormalization: slices every per-channel vector; a BN with
     ``scale=True`` is a *unit* (its gamma can make a channel constant)."""
@@ -49,11 +55,7 @@ class BatchNormHandler(LayerHandler):
         return "unit" if self._is_unit(g, call) else "pass"
 
     def rebuild(self, layer, in_keep, out_keep):
-        keep = in_keep[0]
-        ws = _weights(layer)
-        if keep is None:
-            return layer.get_config(), ws
-        return layer.get_config(), [w[keep] for w in ws]
+        return _slice_vectors(layer, in_keep[0])
 
     def params(self, layer, in_c, out_c):
         return len(self._bn(layer).weights) * in_c[0]
@@ -103,11 +105,7 @@ class NormHandler(LayerHandler):
         return "mix" if self._channel_axis(g, call) else "keep"
 
     def rebuild(self, layer, in_keep, out_keep):
-        keep = in_keep[0]
-        ws = _weights(layer)
-        if keep is None:
-            return layer.get_config(), ws
-        return layer.get_config(), [w[keep] for w in ws]
+        return _slice_vectors(layer, in_keep[0])
 
     def params(self, layer, in_c, out_c):
         return len(layer.weights) * in_c[0]
