@@ -15,6 +15,7 @@ import itertools
 import keras
 import numpy as np
 import pytest
+from _models import randomize_bn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from keras import layers as L
@@ -110,18 +111,7 @@ def randomize_and_zero(model, rng, frac):
     zero their gammas (beta stays non-zero). Returns ``keep`` for shrink."""
     graph = plan_shrink(model, keep={})._graph
     for unit in graph.units.values():
-        layer = unit.layer
-        ws = []
-        for v in layer.weights:
-            n = v.shape[0]
-            nm = v.path.split("/")[-1]
-            if "variance" in nm:
-                ws.append(rng.uniform(0.5, 2.0, n))
-            elif "gamma" in nm:
-                ws.append(rng.uniform(0.5, 1.5, n))
-            else:
-                ws.append(rng.normal(0.2, 0.5, n))
-        layer.set_weights([w.astype("float32") for w in ws])
+        randomize_bn(unit.layer, rng, beta_mean=0.2)
     keep_roots = {}
     for r, grp in graph.groups.items():
         if grp.prunable and grp.covered and grp.size > 1:

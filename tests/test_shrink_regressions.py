@@ -8,6 +8,7 @@ import warnings
 import keras
 import numpy as np
 import pytest
+from _models import randomize_bn
 from keras import layers as L
 
 import acsl_tf
@@ -29,17 +30,7 @@ def randomize(model, seed=0):
     rng = np.random.default_rng(seed)
     for layer in model.layers:
         if isinstance(layer, L.BatchNormalization):
-            ws = []
-            for v in layer.weights:
-                n = v.shape[0]
-                nm = v.path.split("/")[-1]
-                if "variance" in nm:
-                    ws.append(rng.uniform(0.5, 2.0, n))
-                elif "gamma" in nm:
-                    ws.append(rng.uniform(0.5, 1.5, n))
-                else:
-                    ws.append(rng.normal(0.3, 0.5, n))
-            layer.set_weights([w.astype("float32") for w in ws])
+            randomize_bn(layer, rng, beta_mean=0.3)
 
 
 def same(a, b, x=X, atol=1e-5):
