@@ -4,9 +4,9 @@ import pytest
 from keras import layers as L
 
 import acsl_tf
+from acsl_tf.pruning import ShrinkPlan, plan_shrink, shrink, shrink_report
 from acsl_tf.pruning.criteria import get_criterion, list_criteria, register_criterion
 from acsl_tf.pruning.profile import profile
-from acsl_tf.pruning import ShrinkPlan, plan_shrink, shrink, shrink_report
 
 
 def set_bn(layer, gamma=None, beta=None, seed=0):

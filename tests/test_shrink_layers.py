@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from keras import layers as L
 
-from acsl_tf.pruning.profile import profile
 from acsl_tf.pruning import plan_shrink, shrink
+from acsl_tf.pruning.profile import profile
 
 
 def randomize_bn(model, seed=0):
