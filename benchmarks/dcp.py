@@ -55,8 +55,14 @@ def _compile(model, lr):
         metrics = [acsl_tf.metrics.MeanIoU(num_classes=TASK["classes"])]
     else:
         metrics = ["accuracy"]
+    # the small U-Net learns too slowly with SGD in a few epochs: Adam there
+    opt = (
+        keras.optimizers.Adam(lr * 0.1)
+        if TASK["name"] == "segmentation"
+        else keras.optimizers.SGD(lr, momentum=0.9)
+    )
     model.compile(
-        keras.optimizers.SGD(lr, momentum=0.9),
+        opt,
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=metrics,
     )
@@ -161,7 +167,12 @@ def main(argv=None):
         aux_model = dcp.with_auxiliary_heads(m)
         t = time.perf_counter()
         if a.aux_epochs:
-            aux_model.compile(keras.optimizers.SGD(a.lr * 0.5, momentum=0.9))
+            seg = TASK["name"] == "segmentation"
+            aux_model.compile(
+                keras.optimizers.Adam(a.lr * 0.05)
+                if seg
+                else keras.optimizers.SGD(a.lr * 0.5, momentum=0.9)
+            )
             aux_model.fit(x, y, epochs=a.aux_epochs, batch_size=64, verbose=0)
         out["aux_finetune_s"] = time.perf_counter() - t
         out["aux_points"] = aux_model.points

@@ -128,3 +128,16 @@ def test_bad_head_arguments():
     aux = dcp.with_auxiliary_heads(other)
     with pytest.raises(ValueError, match="wraps another model"):
         dcp.select_channels(m, np.zeros((2, 16, 16, 1)), np.zeros(2), heads=aux, channels=1)
+
+
+def test_discrimination_aware_prune_in_one_call():
+    x, y = _learnable_images(32)
+    m = acsl_tf.models.vgg_small((16, 16, 1), num_classes=3, width=0.125)
+    res = acsl_tf.discrimination_aware_prune(
+        m, x, y, channels=0.5, epochs=1, batch_size=16, steps=1, verbose=0
+    )
+    assert res.heads.points == ["block1_conv2_relu", "block2_conv2_relu"]
+    assert [len(s.kept) for s in res.layers] == [2, 2, 4, 4, 8, 8]
+    small = res.apply()
+    assert small.count_params() == res.plan.params_after
+    assert small.output_shape == (None, 3)

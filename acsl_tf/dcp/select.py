@@ -390,7 +390,8 @@ class _Context:
         return np.asarray(op.kernel) if k is None else k
 
     def head_masks(self, extra=None):
-        """``{key: mask}`` zeroing removed channels where heads read them."""
+        """``{key: mask}`` zeroing removed channels where heads read them
+        (all ones where nothing is removed, so the structure never changes)."""
         keep = dict(self.removed)
         if extra:
             keep.update(extra)
@@ -400,10 +401,12 @@ class _Context:
                 continue
             m = self.g.maps[st.key]
             f = self.g.keep_features(m, keep)
-            if f is not None:
+            if f is None:
+                mask = np.ones(self.g.size(m), np.float32)
+            else:
                 mask = np.zeros(self.g.size(m), np.float32)
                 mask[f] = 1.0
-                out[st.key] = mask
+            out[st.key] = mask
         return out
 
     def stage_for(self, calls):
@@ -448,8 +451,13 @@ class _Context:
         return cache, base
 
 
-def _value_and_grad_fn(ctx, calls, ops, stage, down, cache, base, head_mask_fn):
-    """``fn(kernels) -> (loss, grads)`` for the consumers ``calls``."""
+def _value_and_grad_fn(ctx, calls, ops, stage, down, cache, base, head_mask_fn, compiled=True):
+    """``fn(kernels) -> (loss, grads)`` for the consumers ``calls``.
+
+    With ``compiled`` the loss and its gradient run as one ``tf.function``
+    (traced once per group: the kernels and head masks are its arguments);
+    if tracing fails, the group falls back to eager execution.
+    """
     import tensorflow as tf
 
     work = {
@@ -459,9 +467,9 @@ def _value_and_grad_fn(ctx, calls, ops, stage, down, cache, base, head_mask_fn):
     }
     index_of = {id(o): i for i, o in enumerate(ops)}
     lam = ctx.aux_weight
+    use_aux = stage is not None and lam != 0.0
 
-    def fn(kernels):
-        ws = [tf.convert_to_tensor(k) for k in kernels]
+    def core(ws, masks):
         with tf.GradientTape() as tape:
             for w in ws:
                 tape.watch(w)
@@ -472,8 +480,7 @@ def _value_and_grad_fn(ctx, calls, ops, stage, down, cache, base, head_mask_fn):
                 recon = recon + tf.reduce_mean(tf.square(y - base[c.index]))
                 values[c.out_keys[0]] = activate(c.op, y)
             loss = recon
-            if stage is not None and lam != 0.0:
-                masks = head_mask_fn()
+            if use_aux:
                 for k, mk in masks.items():
                     if k in values:
                         values[k] = values[k] * mk
@@ -484,10 +491,23 @@ def _value_and_grad_fn(ctx, calls, ops, stage, down, cache, base, head_mask_fn):
                 ctx.engine.run(values, down, kernels=kern, masks=masks)
                 feat = values[stage.key]
                 pred = feat if stage.head is None else stage.head(feat, training=False)
-                aux = stage.loss(ctx.y, pred)
-                loss = loss + lam * aux
+                loss = loss + lam * stage.loss(ctx.y, pred)
         grads = tape.gradient(loss, ws)
         grads = [tf.zeros_like(w) if g is None else g for w, g in zip(ws, grads)]
+        return loss, grads
+
+    state = {"fn": tf.function(core) if compiled else core}
+
+    def fn(kernels):
+        ws = [tf.convert_to_tensor(np.asarray(k, np.float32)) for k in kernels]
+        masks = head_mask_fn() if use_aux else {}
+        try:
+            loss, grads = state["fn"](ws, masks)
+        except Exception:  # noqa: BLE001 - retried eagerly; a real error raises there
+            if state["fn"] is core:
+                raise
+            state["fn"] = core
+            loss, grads = core(ws, masks)
         return float(loss), [g.numpy() for g in grads]
 
     return fn
