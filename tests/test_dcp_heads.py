@@ -141,3 +141,50 @@ def test_discrimination_aware_prune_in_one_call():
     small = res.apply()
     assert small.count_params() == res.plan.params_after
     assert small.output_shape == (None, 3)
+
+
+def test_segmentation_selection_couples_the_skip_concatenation():
+    rng = np.random.default_rng(0)
+    m = acsl_tf.models.unet((16, 16, 1), 3, width=0.125, depth=1)
+    x = rng.normal(size=(8, 16, 16, 1)).astype("float32")
+    y = rng.integers(0, 3, (8, 16, 16))
+    assert dcp.auxiliary_head_points(m) == ["enc0_conv2_relu", "bottleneck_conv2_relu"]
+    aux = dcp.with_auxiliary_heads(m, at=["enc0_conv2_relu"])
+    res = dcp.select_channels(m, x, y, heads=aux, channels=0.5, steps=1, verbose=0)
+    by = {s.name: s for s in res.layers}
+    # the encoder output feeds the pool (then the bottleneck) and the skip concat
+    skip = by["enc0_conv2_conv"]
+    assert set(skip.consumers) == {"bottleneck_conv1_conv", "dec0_conv1_conv"}
+    assert skip.loss_head == "output" and by["enc0_conv1_conv"].loss_head == "enc0_conv2_relu"
+    small = res.apply(verify="raise")
+    assert small.count_params() == res.plan.params_after
+    assert small.get_layer("dec0_conv1_conv").kernel.shape[-2] == 4 + 4
+
+
+def test_counting_selection_with_density_heads():
+    rng = np.random.default_rng(0)
+    m = acsl_tf.models.vgg16_decoder((16, 16, 3), width=0.0625, output_activation="linear")
+    dens = m.get_layer("density")  # initialised near zero: give the output layer a signal
+    dens.kernel.assign(rng.normal(0, 0.5, dens.kernel.shape).astype("float32"))
+    x = rng.random((8, 16, 16, 3)).astype("float32")
+    y = rng.random((8, 16, 16, 1)).astype("float32") * 0.01  # full-resolution density
+    aux = dcp.with_auxiliary_heads(m, at=["block2_conv2_relu"])
+    res = dcp.select_channels(
+        m,
+        x,
+        y,
+        heads=aux,
+        channels=0.5,
+        steps=1,
+        layers=["block1_conv2_conv", "backend6_conv"],
+        verbose=0,
+    )
+    assert [(s.name, s.loss_head, len(s.kept)) for s in res.layers] == [
+        ("block1_conv2_conv", "block2_conv2_relu", 2),
+        ("backend6_conv", "output", 2),
+    ]
+    # the density head's loss falls as channels are added (the last group's
+    # features are ~1e-4 in this random network: its loss barely moves)
+    first, last = res.layers
+    assert first.losses[-1] < 0.5 * first.losses[0]
+    assert last.losses[-1] <= last.losses[0]
