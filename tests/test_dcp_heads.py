@@ -16,7 +16,28 @@ def test_head_points_at_resolution_changes():
     unet = acsl_tf.models.unet((16, 16, 1), 3, width=0.125, depth=2)
     pts = dcp.auxiliary_head_points(unet, max_heads=None)
     assert pts == ["enc0_conv2_relu", "enc1_conv2_relu", "bottleneck_conv2_relu", "dec1_conv2_relu"]
-    assert dcp.auxiliary_head_points(unet, max_heads=2) == [pts[0], pts[-1]]
+    # at most P heads: those nearest to depths 1/(P+1), ..., P/(P+1)
+    assert dcp.auxiliary_head_points(unet) == pts[1:]
+    assert dcp.auxiliary_head_points(unet, max_heads=2) == ["enc1_conv2_relu", "dec1_conv2_relu"]
+
+
+def test_head_points_skip_padding_and_follow_published_counts():
+    keras_apps = keras.applications
+    resnet = keras_apps.ResNet50(input_shape=(64, 64, 3), weights=None, classes=5)
+    # three heads for ResNet-50, after stages 2, 3 and 4 (the stem is not a stage end)
+    assert dcp.auxiliary_head_points(resnet) == [
+        "conv2_block3_out",
+        "conv3_block4_out",
+        "conv4_block6_out",
+    ]
+    mnv2 = keras_apps.MobileNetV2((32, 32, 3), alpha=0.35, weights=None, classes=5)
+    # the stride-2 depthwise convs read a ZeroPadding2D: the head reads what it pads
+    assert dcp.auxiliary_head_points(mnv2, max_heads=None) == [
+        "block_1_expand_relu",
+        "block_3_expand_relu",
+        "block_6_expand_relu",
+        "block_13_expand_relu",
+    ]
 
 
 def _learnable_images(n=64, size=16, seed=0):

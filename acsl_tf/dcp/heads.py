@@ -56,8 +56,9 @@ def auxiliary_head_points(model, *, max_heads: int | None = 3, graph=None) -> li
     convolutions follow it; so ``vgg_small`` gets two heads (before its first
     two pools) and a CIFAR ResNet two (before stages 2 and 3), the final
     classifier being the last loss as published. Only layers of the top-level
-    model are used. With more than ``max_heads`` boundaries, ``max_heads``
-    evenly spaced ones are kept.
+    model are used. With more than ``max_heads`` boundaries, the ones nearest
+    to the depths ``1/(P+1), ..., P/(P+1)`` of the network (in layer calls)
+    are kept.
 
     Args:
         model: A functional ``keras.Model``.
@@ -75,24 +76,42 @@ def auxiliary_head_points(model, *, max_heads: int | None = 3, graph=None) -> li
             producer[k] = call
     conv_types = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
     last_conv = max((c.index for c in tr.calls if isinstance(c.op, conv_types)), default=-1)
-    points = []
+    points, where = [], {}
     for call in tr.calls:
         if not call.in_keys or len(call.out_keys) != 1:
             continue
         a, b = _spatial(tr.shapes[call.in_keys[0]]), _spatial(tr.shapes[call.out_keys[0]])
         if a is None or b is None or len(a) != len(b) or a == b or None in a + b:
             continue
+        if _is_padding(call.op):
+            continue
         key = call.in_keys[0]
         src = producer.get(key)
+        while src is not None and _is_padding(src.op) and src.in_keys:
+            key = src.in_keys[0]  # a stride-2 conv after explicit padding
+            src = producer.get(key)
         if src is None or src.scope or len(src.out_keys) != 1 or call.index > last_conv:
             continue
         name = src.op.name
         if name not in points:
             points.append(name)
+            where[name] = src.index
     if max_heads is not None and len(points) > max_heads:
-        idx = np.unique(np.round(np.linspace(0, len(points) - 1, max_heads)).astype(int))
-        points = [points[i] for i in idx]
+        # the heads nearest to depths 1/(P+1), ..., P/(P+1) of the network
+        n = max(len(tr.calls), 1)
+        depth = {name: where[name] / n for name in points}
+        chosen = []
+        for i in range(1, max_heads + 1):
+            q = i / (max_heads + 1)
+            free = [p for p in points if p not in chosen]
+            chosen.append(min(free, key=lambda p, q=q: abs(depth[p] - q)))
+        points = [p for p in points if p in chosen]
     return points
+
+
+def _is_padding(op) -> bool:
+    name = type(op).__name__.lower()
+    return "padding" in name or "cropping" in name or name == "pad"
 
 
 class ResizedSparseCategoricalCrossentropy(keras.losses.Loss):
