@@ -209,3 +209,29 @@ def test_counting_selection_with_density_heads():
     first, last = res.layers
     assert first.losses[-1] < 0.5 * first.losses[0]
     assert last.losses[-1] <= last.losses[0]
+
+
+def test_dkp_with_heads_and_adaptive_stopping():
+    x, y = _learnable_images(16)
+    m = acsl_tf.models.vgg_small((16, 16, 1), num_classes=3, width=0.125)
+    aux = dcp.with_auxiliary_heads(m)
+    res = dcp.select_kernels(
+        m,
+        x,
+        y,
+        heads=aux,
+        epsilon=0.01,
+        layers=["block1_conv2_conv", "block3_conv2_conv"],
+        steps=1,
+        verbose=0,
+    )
+    assert [(s.name, s.loss_head) for s in res.layers] == [
+        ("block1_conv2_conv", "block1_conv2_relu"),
+        ("block3_conv2_conv", "output"),
+    ]
+    for s in res.layers:
+        L = s.losses
+        assert abs(L[-2] - L[-1]) <= 0.01 * L[0] or len(s.kept) == s.size
+        assert all(abs(L[t - 1] - L[t]) > 0.01 * L[0] for t in range(1, len(L) - 1))
+    # the heads stay attached to the original model
+    assert aux.model is m and res.model is not m
