@@ -12,6 +12,7 @@ Usage (from benchmarks/shrink_speed.py):
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
@@ -48,7 +49,7 @@ def main(argv):
     import torch
     import torch_pruning as tp
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("TP_THREADS", "1")))
     tvm = _import_torchvision()
     model = getattr(tvm, NAMES[name])(weights=None).eval()
     x = torch.randn(1, 3, size, size)

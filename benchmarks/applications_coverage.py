@@ -188,7 +188,7 @@ def main(argv=None):
     if args.out:
         from acsl_tf._io import atomic_write_text
 
-        atomic_write_text(args.out, table + "\n")
+        atomic_write_text(args.out, table + "\n", overwrite=True)
     return 0 if all("error" not in r and r["equivalent"] and r["fewer"] for r in rows) else 1
 
 

@@ -130,7 +130,7 @@ def main(argv=None):
         sys.path.insert(0, str(ROOT))
         from acsl_tf._io import atomic_write_text
 
-        atomic_write_text(args.out, table + "\n")
+        atomic_write_text(args.out, table + "\n", overwrite=True)
     return 0
 
 

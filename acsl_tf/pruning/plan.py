@@ -175,7 +175,7 @@ class ShrinkPlan:
             raise FileExistsError(
                 f"{path} exists; pass overwrite=True to replace it. Received: path={path!r}"
             )
-        _io.atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
+        _io.atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n", overwrite=True)
 
     @classmethod
     def load(cls, path) -> PlanFile:
