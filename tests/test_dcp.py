@@ -374,3 +374,16 @@ def test_dcp_model_exports_to_tflite(tmp_path):
     acsl_tf.export.to_tflite(thin, path)
     assert path.stat().st_size > 1000
     assert all("aux" not in layer.name for layer in thin.layers)
+
+
+def test_optimisation_arguments_are_checked():
+    m = _dense_pair()
+    x = np.zeros((4, 5), "float32")
+    with pytest.raises(ValueError, match=r"Received: steps=-1"):
+        dcp.select_channels(m, x, channels=2, steps=-1, verbose=0)
+    with pytest.raises(ValueError, match=r"Received: n_samples=0"):
+        dcp.select_channels(m, x, channels=2, n_samples=0, verbose=0)
+    with pytest.raises(ValueError, match=r"Received: learning_rate=-0.1"):
+        dcp.select_kernels(m, x, learning_rate=-0.1, verbose=0)
+    with pytest.raises(TypeError, match=r"Received: per_step=1.5"):
+        dcp.select_kernels(m, x, per_step=1.5, verbose=0)

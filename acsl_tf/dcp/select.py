@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 import keras
 import numpy as np
 
-from acsl_tf import _keras
+from acsl_tf import _keras, _validation
 from acsl_tf.dcp import heads as _heads
 from acsl_tf.dcp._engine import Engine, activate, is_consumer_layer, linear, slot_channels
 from acsl_tf.graph import DependencyGraph
@@ -518,6 +518,15 @@ def _value_and_grad_fn(ctx, calls, ops, stage, down, cache, base, head_mask_fn, 
 # ---------------------------------------------------------------------------
 
 
+def _check_optim(steps, learning_rate, momentum, n_samples, aux_weight):
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
+        raise ValueError(f"steps must be an integer >= 0. Received: steps={steps!r}")
+    _validation.non_negative(learning_rate, "learning_rate")
+    _validation.non_negative(momentum, "momentum")
+    _validation.non_negative(aux_weight, "aux_weight")
+    _validation.positive_int(n_samples, "n_samples")
+
+
 def _group_label(g, group) -> str:
     names = [g.name(p) for p in group.producers]
     return "+".join(names) if names else (group.units[0] if group.units else f"group{group.root}")
@@ -698,6 +707,8 @@ def select_channels(
         )
     if epsilon is not None and not (isinstance(epsilon, (int, float)) and epsilon >= 0):
         raise ValueError(f"epsilon must be a number >= 0. Received: epsilon={epsilon!r}")
+    _check_optim(steps, learning_rate, momentum, n_samples, aux_weight)
+    min_channels = _validation.positive_int(min_channels, "min_channels")
     g = DependencyGraph(model, ignored_layers=ignored_layers)
     ctx = _Context(model, x, y, heads, aux_weight, task_loss, n_samples, g)
     only = _resolve_layers(g, layers)
@@ -953,6 +964,9 @@ def select_kernels(
     """
     t0 = time.perf_counter()
     _keras.check_graph_model(model, "select_kernels")
+    _check_optim(steps, learning_rate, momentum, n_samples, aux_weight)
+    if per_step is not None:
+        per_step = _validation.positive_int(per_step, "per_step")
     clone = keras.models.clone_model(model)
     clone.set_weights(model.get_weights())
     g = DependencyGraph(clone)
