@@ -13,8 +13,9 @@ removed with
   (reconstruction only), from the same fine-tuned weights;
 - ``dcp_eps``: adaptive stopping (``--epsilon``), whatever FLOPs it reaches;
 
-then fine-tune each for ``--finetune`` epochs and report test accuracy before
-and after. ``dkp`` keeps ``--dkp-kernels`` of the kernels of every conv and
+then fine-tune each for ``--finetune`` epochs (``--ft-seeds`` times from the
+same pruned weights, with the same data orders for every method) and report
+test accuracy before and after (mean and standard deviation). ``dkp`` keeps ``--dkp-kernels`` of the kernels of every conv and
 reports the accuracy (no fine-tuning: it would refill the zeros), the
 sparsity and the size with sparse kernels. Wall times are reported for
 every selection. Each step is kept short (the development machine has two
@@ -88,6 +89,7 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=4, help="baseline epochs")
     p.add_argument("--aux-epochs", type=int, default=1)
     p.add_argument("--finetune", type=int, default=2)
+    p.add_argument("--ft-seeds", type=int, default=3, help="fine-tunings per pruned model")
     p.add_argument("--target", type=float, default=0.5)
     p.add_argument("--epsilon", default="0.05", help="comma-separated epsilons for dcp_eps")
     p.add_argument("--dkp-kernels", type=float, default=0.5)
@@ -143,10 +145,18 @@ def main(argv=None):
 
     def record(name, small, sel_s, extra=None):
         before = _acc(small, xt, yt)
-        _finetune(small, x, y, a.finetune, a.lr * 0.5)
+        start = small.get_weights()
+        after = []
+        for i in range(a.ft_seeds):  # the same data orders for every method
+            small.set_weights(start)
+            keras.utils.set_random_seed(a.seed + 2 + i)
+            _finetune(small, x, y, a.finetune, a.lr * 0.5)
+            after.append(_acc(small, xt, yt))
         r = {
             "acc_before_ft": before,
-            "acc_after_ft": _acc(small, xt, yt),
+            "acc_after_ft": float(np.mean(after)),
+            "acc_after_ft_std": float(np.std(after)),
+            "acc_after_ft_runs": after,
             "params": small.count_params(),
             "flops": acsl_tf.profile(small).total_flops,
             "select_s": sel_s,
@@ -166,6 +176,7 @@ def main(argv=None):
         tuned = m = fresh()
         aux_model = dcp.with_auxiliary_heads(m)
         t = time.perf_counter()
+        keras.utils.set_random_seed(a.seed + 1)  # independent of the methods run before
         if a.aux_epochs:
             seg = TASK["name"] == "segmentation"
             aux_model.compile(
