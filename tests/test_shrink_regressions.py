@@ -415,3 +415,47 @@ def test_taylor_criterion_ranks_by_activation_times_gradient():
     # loss = (sum_k w_k a_k)^2 with a = (1,2,3,4), w = (1,1,0,1): score_k ∝ a_k * w_k
     plan = plan_shrink(m, ratio=0.5, criterion=crit)
     assert plan.groups[1].keep == (1, 3)
+
+
+class BNBlock(keras.layers.Layer):
+    """A composite layer whose call() takes no `training` argument but holds
+    a BatchNormalization (keras-hub's SpatialPyramidPooling is written so)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.branch = keras.Sequential([L.Conv2D(5, 1), L.BatchNormalization()])
+
+    def call(self, x):
+        return self.branch(x)
+
+
+def test_composite_layer_with_batchnorm_inside_is_exact():
+    i = keras.Input((8, 8, 3))
+    x = L.BatchNormalization(name="bn")(L.Conv2D(6, 1, name="c")(i))
+    x = L.Conv2D(5, 1, name="c2")(L.ReLU()(x))
+    x = L.Add()([x, BNBlock(name="block")(i)])  # the block's channels are kept
+    m = keras.Model(i, L.Conv2D(2, 1)(x))
+    m(X)  # build
+    bn = m.get_layer("block").branch.layers[1]
+    bn.set_weights([w + 3.0 for w in bn.get_weights()])  # moving stats far from batch stats
+    randomize(m)
+    silence(m, "bn", [1, 4])
+    res = apply_plan(m, plan_shrink(m, keep={"bn": [0, 2, 3, 5]}), verify="raise")
+    assert res.exact
+    same(m, res.model)
+
+
+def test_nested_backbone_with_unknown_spatial_size_is_counted_at_the_real_size():
+    # keras-hub style: the backbone is built for (None, None, 3) images and
+    # called on 8x8 ones; FLOPs must be counted at 8x8, as in the built model.
+    ii = keras.Input((None, None, 3))
+    t = L.ReLU()(L.BatchNormalization(name="bn")(L.Conv2D(6, 3, padding="same")(ii)))
+    backbone = keras.Model(ii, t, name="backbone")
+    i = keras.Input((8, 8, 3))
+    m = keras.Model(i, L.Conv2D(2, 1, name="head")(backbone(i)))
+    flops = profile(m).total_flops
+    assert flops == 2 * (8 * 8 * 27 * 6) + 2 * 8 * 8 * 6 + 2 * 8 * 8 * 6 * 2  # conv, BN+ReLU, head
+    plan = plan_shrink(m, keep={"bn": [0, 1, 2]})
+    small = shrink(m, plan=plan, verify="raise")
+    assert plan.flops_before == flops
+    assert plan.flops_after == profile(small).total_flops

@@ -107,6 +107,10 @@ def trace_model(model) -> Trace:
                     local[id(x)] = k
                 continue
             outs = [new_key(x) for x in node.outputs]
+            refined = _refined_output_shapes(node, inputs, [shapes[k] for k in ins], op)
+            if refined is not None:
+                for k, shp in zip(outs, refined):
+                    shapes[k] = shp
             for x, k in zip(node.outputs, outs):
                 local[id(x)] = k
             if id(op) not in seen_ops:
@@ -133,6 +137,27 @@ def trace_model(model) -> Trace:
         all_ops=[op for op, _ in all_ops],
         names=_unique_names(all_ops, input_names),
     )
+
+
+def _refined_output_shapes(node, inputs, in_shapes, op):
+    """Output shapes of a call inside a nested model whose own inputs are less
+    specific than what the outer model feeds it (e.g. a backbone built for
+    ``(None, None, 3)`` images called on 64x64 ones); None when the node's
+    recorded shapes already hold."""
+    if all(tuple(x.shape) == tuple(s) for x, s in zip(inputs, in_shapes)):
+        return None
+    import keras
+
+    fill = {id(x): keras.KerasTensor(s, dtype=x.dtype) for x, s in zip(inputs, in_shapes)}
+    args, kwargs = _keras.call_arguments(node, fill)
+    try:
+        spec = op.compute_output_spec(*args, **kwargs)
+    except Exception:  # noqa: BLE001 - keep the recorded shapes when a layer cannot say
+        return None
+    flat = keras.tree.flatten(spec)
+    if len(flat) != len(node.outputs):
+        return None
+    return [tuple(t.shape) for t in flat]
 
 
 def _live_calls(calls, output_keys):

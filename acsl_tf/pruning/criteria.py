@@ -272,7 +272,7 @@ class TaylorCriterion(Criterion):
                         id(kt): values[k] for kt, k in zip(call.node.input_tensors, call.in_keys)
                     }
                     args, kwargs = _keras.call_arguments(call.node, fill)
-                    if "training" in kwargs:
+                    if isinstance(call.op, keras.layers.Layer):
                         kwargs["training"] = False
                     out = keras.tree.flatten(call.op(*args, **kwargs))
                     if id(call.op) in wanted:

@@ -113,7 +113,9 @@ def probe(graph, keep: dict, *, batch: int = 1, seed: int = 0) -> Probe:
         if isinstance(bn, keras.layers.BatchNormalization) and id(bn) in unit_masks:
             out = _bn_silenced(bn, args[0], unit_masks[id(bn)])
         else:
-            if "training" in kwargs or _takes_training(op):
+            if isinstance(op, keras.layers.Layer):
+                # also for layers whose call() has no `training` argument:
+                # Keras hands it to the layers nested inside (their BNs)
                 kwargs["training"] = False
             out = op(*args, **kwargs)
         flat = keras.tree.flatten(out)
@@ -126,10 +128,6 @@ def probe(graph, keep: dict, *, batch: int = 1, seed: int = 0) -> Probe:
         for k, t in zip(call.out_keys, flat):
             values[k] = t
     return Probe(inputs, values, [np.asarray(values[k]) for k in tr.output_keys])
-
-
-def _takes_training(op) -> bool:
-    return isinstance(op, keras.layers.Layer) and bool(getattr(op, "_call_has_training_arg", False))
 
 
 def fold_plan(graph, keep: dict, pr: Probe) -> tuple[dict, list]:
