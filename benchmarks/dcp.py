@@ -173,10 +173,10 @@ def main(argv=None):
     aux_model = None
     tuned = None  # the selections read this model and leave it unchanged
     if any(m.startswith("dcp") for m in methods):
+        keras.utils.set_random_seed(a.seed + 1)  # independent of the methods run before
         tuned = m = fresh()
         aux_model = dcp.with_auxiliary_heads(m)
         t = time.perf_counter()
-        keras.utils.set_random_seed(a.seed + 1)  # independent of the methods run before
         if a.aux_epochs:
             seg = TASK["name"] == "segmentation"
             aux_model.compile(
