@@ -46,7 +46,7 @@ class BatchNormHandler(LayerHandler):
         if not self._axis_ok(g, call):
             g.fix(m, f"BatchNormalization {g.name(call.op)!r} on a non-channel axis")
             return [m]
-        g.add_member(m, call.op, "bn")
+        g.add_member(m, bn, "bn")  # the BatchNormalization, also inside a wrapper
         if self._is_unit(g, call):
             g.add_unit(call, m, bn, wrapper=call.op if call.op is not bn else None)
         return [m]
