@@ -15,7 +15,7 @@ _spec = importlib.util.spec_from_file_location("applications_coverage", _path)
 cov = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(cov)
 
-WEIGHT_CRITERION = {"VGG16", "VGG19", "ConvNeXtTiny", "InceptionV3"}
+WEIGHT_CRITERION = {"VGG16", "VGG19", "ConvNeXtTiny", "InceptionV3", "InceptionResNetV2"}
 # Deep random networks that amplify float32 round-off by ~1e7: checked in float64.
 ROUNDOFF = {"EfficientNetV2M", "EfficientNetV2L"}
 
