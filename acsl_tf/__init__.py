@@ -20,7 +20,12 @@ __all__ = ["__version__"]
 from acsl_tf.sparsity import affinity, callbacks, schedules  # noqa: E402
 from acsl_tf.sparsity.api import get_wrappers, prune_low_correlation, strip_pruning  # noqa: E402
 from acsl_tf.sparsity.batchnorm import recalibrate_batchnorm  # noqa: E402
-from acsl_tf.sparsity.callbacks import BudgetStrength, PenaltyMetrics, SparsityTensorBoard  # noqa: E402
+from acsl_tf.sparsity.callbacks import (  # noqa: E402
+    BudgetStrength,
+    CoupledStrength,
+    PenaltyMetrics,
+    SparsityTensorBoard,
+)
 from acsl_tf.sparsity.cap import cap_criterion, prune_context_aware  # noqa: E402
 from acsl_tf.sparsity.regularizer import CorrelationSparsity  # noqa: E402
 from acsl_tf.sparsity.report import sparsity_report  # noqa: E402
@@ -34,6 +39,7 @@ __all__ += [
     "BudgetStrength",
     "SparsityTensorBoard",
     "PenaltyMetrics",
+    "CoupledStrength",
     "get_wrappers",
     "prune_low_correlation",
     "strip_pruning",

@@ -612,6 +612,68 @@ class BudgetStrength(_PenaltyLogs, keras.callbacks.Callback):
             )
 
 
+class CoupledStrength(keras.callbacks.Callback):
+    """Penalises coupled gammas as a group.
+
+    BatchNormalizations that scale one channel group of the dependency graph
+    (the BNs added into one residual stream, a BN after an ``Add`` and the
+    BNs before it) can only lose channel ``k`` together. ACSL computes each
+    unit's per-channel strengths from that unit's own correlations, so one
+    unit may push channel ``k`` hard while another keeps it. After every
+    training batch this callback sets each coupled unit's strength for
+    channel ``k`` to the group mean, so the penalty on the group is
+    ``lambda_k * sum_u |gamma_uk|``: one adaptive weight per channel of the
+    group, an L1 norm over the coupled gammas.
+
+    Example:
+
+    ```python
+    pruned = acsl_tf.prune_low_correlation(model, penalty=1e-3)
+    pruned.fit(x, y, callbacks=[acsl_tf.callbacks.CoupledStrength()])
+    ```
+    """
+
+    def on_train_begin(self, logs=None):
+        from acsl_tf.graph import DependencyGraph
+
+        wrappers = {id(w.layer): w for w in get_wrappers(self.model)}
+        if not wrappers:
+            raise ValueError(
+                "CoupledStrength needs a model wrapped by acsl_tf.prune_low_correlation. "
+                f"Received: model={self.model.name!r}"
+            )
+        graph = DependencyGraph(self.model)
+        self._groups = []
+        for r in graph.prunable_groups(need_cover=True):
+            members = []
+            for unit_name, off in graph.unit_offsets(r):
+                w = wrappers.get(id(graph.units[unit_name].layer))
+                if w is not None:
+                    members.append((w, off))
+            if len(members) > 1:
+                self._groups.append((graph.groups[r].size, members))
+
+    @property
+    def groups(self) -> list:
+        """``[(channels, [(wrapper, offset), ...]), ...]`` of the coupled groups."""
+        return list(getattr(self, "_groups", []))
+
+    def on_train_batch_end(self, batch, logs=None):
+        if not getattr(self, "_groups", None):
+            return
+        current = {}
+        for _, members in self._groups:
+            for w, _ in members:
+                if id(w) not in current:
+                    current[id(w)] = (w, np.array(keras.ops.convert_to_numpy(w.strength)))
+        for size, members in self._groups:
+            mean = np.mean([current[id(w)][1][off : off + size] for w, off in members], axis=0)
+            for w, off in members:
+                current[id(w)][1][off : off + size] = mean
+        for w, vec in current.values():
+            w.strength.assign(vec.astype("float32"))
+
+
 class SparsityTensorBoard(keras.callbacks.Callback):
     """Writes the sparsity state to TensorBoard once per epoch.
 
