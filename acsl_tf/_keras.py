@@ -126,12 +126,6 @@ def inbound_keras_tensors(node_config):
     return found
 
 
-def operations(model):
-    """All operations of a functional model, including raw ``keras.ops`` calls
-    (which ``model.layers`` leaves out)."""
-    return list(model.operations)
-
-
 def input_layers(model):
     """The InputLayer objects of a functional model, in ``model.inputs`` order."""
     return [t._keras_history.operation for t in model.inputs]

@@ -225,8 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--criterion",
         default="gamma",
         metavar="NAME",
-        help="channel score: gamma, l1, l1_layer, random, cap, or a registered criterion "
-        "(default: gamma)",
+        help="channel score: gamma, l1, l2, fpgm, l1_layer, random, cap, or a registered "
+        "criterion (default: gamma; models without BatchNorm need a weight criterion such as l1)",
     )
     opt.add_argument(
         "--min-channels",

@@ -30,7 +30,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
+
+# the same randomised statistics and zeroing as the keras.applications coverage
+from applications_coverage import randomize_bn, zero_removed  # noqa: E402
 
 SIZE = 64
 
@@ -166,41 +168,6 @@ MODELS = {
     "BASNet": _basnet,
     "DeepLabV3": _deeplab,
 }
-
-
-def randomize_bn(model, seed=0):
-    rng = np.random.default_rng(seed)
-    for layer in model._flatten_layers(include_self=False):
-        if isinstance(layer, keras.layers.BatchNormalization):
-            ws = []
-            for v in layer.weights:
-                n = v.shape[0]
-                name = v.path.split("/")[-1]
-                if "variance" in name:
-                    ws.append(rng.uniform(0.5, 2.0, n))
-                elif "gamma" in name:
-                    ws.append(rng.uniform(0.5, 1.5, n))
-                else:
-                    ws.append(rng.normal(0, 0.2, n))
-            layer.set_weights([w.astype("float32") for w in ws])
-
-
-def zero_removed(plan):
-    """gamma = beta = 0 on the removed channels of gamma-covered groups (what
-    sparsity training aims at), so exactness is checked without folds."""
-    graph = plan._graph
-    keep = {r: k for r, k in plan._keep.items() if graph.groups[r].covered}
-    for unit in graph.units.values():
-        f = graph.keep_features(unit.map, keep)
-        if f is None:
-            continue
-        ws = unit.layer.get_weights()
-        mask = np.ones(ws[0].shape[0], bool)
-        mask[f] = False
-        ws[0][mask] = 0.0
-        if unit.layer.center:
-            ws[1][mask] = 0.0
-        unit.layer.set_weights(ws)
 
 
 def run_one(name, build):

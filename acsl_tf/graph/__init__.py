@@ -6,7 +6,7 @@ one :class:`DependencyGraph`; per-layer knowledge lives in one handler per
 layer family (:mod:`acsl_tf.graph.handlers`).
 """
 
-from acsl_tf.graph.dependency import ChanMap, DependencyGraph, Group, Unit, build_graph
+from acsl_tf.graph.dependency import ChanMap, DependencyGraph, Group, Unit
 from acsl_tf.graph.handlers import (
     ELEMENTWISE_ACTIVATIONS,
     ElementwiseMerge,
@@ -25,7 +25,6 @@ __all__ = [
     "DependencyGraph",
     "Group",
     "Unit",
-    "build_graph",
     "ELEMENTWISE_ACTIVATIONS",
     "ElementwiseMerge",
     "KeepChannels",

@@ -36,7 +36,7 @@ import numpy as np
 from acsl_tf.graph import handlers as _h
 from acsl_tf.graph.trace import Call, Trace, trace_model
 
-__all__ = ["ChanMap", "Group", "Unit", "DependencyGraph", "build_graph"]
+__all__ = ["ChanMap", "Group", "Unit", "DependencyGraph"]
 
 LIVE, COND, CONST = "live", "conditional", "constant"
 _RANK = {CONST: 0, COND: 1, LIVE: 2}
@@ -570,8 +570,3 @@ def _last(shape) -> int:
     if not shape or shape[-1] is None:
         return 1
     return int(shape[-1])
-
-
-def build_graph(model, *, ignored_layers=(), handlers=None, strict=False) -> DependencyGraph:
-    """Build the :class:`DependencyGraph` of ``model`` (see its docstring)."""
-    return DependencyGraph(model, ignored_layers=ignored_layers, handlers=handlers, strict=strict)

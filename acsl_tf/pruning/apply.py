@@ -20,6 +20,7 @@ import numpy as np
 
 from acsl_tf import _keras
 from acsl_tf.graph.dependency import DependencyGraph
+from acsl_tf.graph.handlers import WrappedBNHandler
 from acsl_tf.pruning import fold as _fold
 from acsl_tf.pruning.plan import PlanFile, ShrinkPlan, plan_shrink
 
@@ -190,7 +191,7 @@ def apply_plan(
             f"plan must be a ShrinkPlan or a loaded plan file. Received: plan of type "
             f"{type(plan).__name__}"
         )
-    if any(_is_wrapped_bn(c.op) for c in graph.trace.calls):
+    if any(isinstance(graph.handler(c.op), WrappedBNHandler) for c in graph.trace.calls):
         graph, keep = _strip_and_map(graph, keep)
     # Products (squeeze-and-excitation gates) are checked by the probe: a
     # removed channel that is not constant there is reported by the fold.
@@ -241,12 +242,6 @@ def apply_plan(
     return ShrinkResult(new, err, rel, exact, tuple(dict.fromkeys(notes)))
 
 
-def _is_wrapped_bn(op) -> bool:
-    return isinstance(op, keras.layers.Wrapper) and isinstance(
-        getattr(op, "layer", None), keras.layers.BatchNormalization
-    )
-
-
 def _strip_and_map(graph, keep):
     """Strip the sparsity wrappers and carry the kept indices over by group
     position (wrappers and BNs open no channels, so groups line up)."""
@@ -255,26 +250,24 @@ def _strip_and_map(graph, keep):
     stripped = _api.strip_pruning(graph.model)
     idx = {id(op): i for i, op in enumerate(graph.trace.all_ops)}
     ignored_pos = {idx[i] for i in graph.ignored if i in idx}
-    new_ops = _all_ops_of(stripped)
-    ignored = [op for i, op in enumerate(new_ops) if i in ignored_pos]
+    ignored = []
+    if ignored_pos:  # ignored layers are found in the stripped model by position
+        from acsl_tf.graph.trace import trace_model
+
+        new_ops = trace_model(stripped).all_ops
+        ignored = [op for i, op in enumerate(new_ops) if i in ignored_pos]
     new_graph = DependencyGraph(stripped, ignored_layers=ignored, handlers=graph.registry)
-    old_roots = list(graph.groups)
+    position = {r: i for i, r in enumerate(graph.groups)}
     new_roots = list(new_graph.groups)
-    if len(old_roots) != len(new_roots):
+    if len(position) != len(new_roots):
         raise RuntimeError("Stripping the wrappers changed the channel groups.")
     out = {}
     for r, k in keep.items():
-        nr = new_roots[old_roots.index(r)]
+        nr = new_roots[position[r]]
         if new_graph.groups[nr].size != graph.groups[r].size:
             raise RuntimeError("Stripping the wrappers changed a channel group's size.")
         out[nr] = k
     return new_graph, out
-
-
-def _all_ops_of(model):
-    from acsl_tf.graph.trace import trace_model
-
-    return trace_model(model).all_ops
 
 
 # ---------------------------------------------------------------------------

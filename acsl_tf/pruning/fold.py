@@ -99,8 +99,17 @@ def removed_masks(graph, keep: dict):
     return unit_masks, prod_masks
 
 
-def probe(graph, keep: dict, *, batch: int = 1, seed: int = 0) -> Probe:
-    """Run the original graph with the removed channels silenced."""
+def probe(graph, keep: dict, *, batch: int = 2, seed: int = 0) -> Probe:
+    """Run the original graph with the removed channels silenced.
+
+    ``batch`` must be at least 2: a removed channel that is constant within
+    one sample but not across samples (a constant times a squeeze-and-excitation
+    gate, which is per sample) would look constant with a single sample.
+    """
+    if batch < 2:
+        raise ValueError(
+            f"probe needs batch >= 2 to see per-sample values. Received: batch={batch}"
+        )
     tr = graph.trace
     inputs = probe_inputs(tr, batch, seed)
     unit_masks, prod_masks = removed_masks(graph, keep)

@@ -222,16 +222,7 @@ class ConvTransposeHandler(ProducerHandler):
 
 
 class DenseHandler(ProducerHandler):
-    out_key = "units"
-
-    def _in_fixed(self, layer):
-        return None
-
-    def propagate(self, g, call):
-        if len(g.in_shape(call)) > 2:
-            # Dense on a rank>2 tensor acts on the last axis like a 1x1 conv.
-            pass
-        return super().propagate(g, call)
+    out_key = "units"  # on a rank > 2 tensor Dense acts on the last axis, like a 1x1 conv
 
     def slice(self, layer, ws, ik, ok):
         k = ws[0]
