@@ -1,6 +1,4 @@
 PY := .venv/bin/python
-# TF 2.21 oneDNN CPU kernels segfault on some small graphs; see README (Known issues).
-export TF_ENABLE_ONEDNN_OPTS ?= 0
 
 .PHONY: setup demo test test-slow test-lowest wheel lint bench clean
 

@@ -14,7 +14,13 @@ _keras.check_backend()
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+# oneDNN's CPU kernels crash on the filter gradient of strided 1x1
+# convolutions; route those around it (exactly) so oneDNN can stay on.
+from acsl_tf import onednn  # noqa: E402
+
+onednn._auto_install()
+
+__all__ = ["__version__", "onednn"]
 
 # --- ACSL sparsity training (acsl_tf.sparsity) ---
 from acsl_tf.sparsity import affinity, callbacks, schedules  # noqa: E402

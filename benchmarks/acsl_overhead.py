@@ -21,8 +21,6 @@ import statistics
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# TF 2.21 oneDNN CPU kernels segfault on some small graphs (README, Known issues).
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 
 class StepTimer:

@@ -17,8 +17,6 @@ import os
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# TF 2.21 oneDNN CPU kernels segfault on some small graphs (README, Known issues).
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 
 def parse_args(argv=None):

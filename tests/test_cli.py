@@ -77,7 +77,6 @@ def _run(*args, cwd):
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    env.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     return subprocess.run(
         [sys.executable, "-m", "acsl_tf", *map(str, args)],
         cwd=cwd,

@@ -39,7 +39,6 @@ def _env():
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    env.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     return env
 
 
