@@ -391,7 +391,7 @@ def _check_epochs(epochs):
 
 
 def _optimizer(optimizer, lr):
-    if not lr > 0:
+    if not isinstance(lr, keras.optimizers.schedules.LearningRateSchedule) and not lr > 0:
         raise ValueError(f"`lr` must be > 0. Received: lr={lr!r}")
     if optimizer == "sgd":
         return keras.optimizers.SGD(lr, momentum=0.9)
@@ -428,6 +428,7 @@ def train(
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int = 2,
     recalibrate: int = 20,
+    schedule: str = "constant",
 ):
     """Compile ``model`` with the task's loss and metrics and train it.
 
@@ -441,12 +442,15 @@ def train(
         verbose: Keras verbosity (2 = one line per epoch).
         recalibrate: Batches of :func:`recalibrate_bn` run after training
             (0 = keep the moving statistics of ``fit``).
+        schedule: ``"constant"`` (``lr`` throughout) or ``"cosine"`` (``lr``
+            decayed to 1% of it over the ``epochs`` by a cosine; used to train
+            baselines to a plateau). Ignored when ``optimizer`` is an object.
 
     Returns:
         The Keras ``History`` (None for 0 epochs).
 
     Raises:
-        ValueError: Invalid ``epochs``, ``lr`` or ``optimizer``.
+        ValueError: Invalid ``epochs``, ``lr``, ``optimizer`` or ``schedule``.
 
     Example:
     ```python
@@ -454,8 +458,18 @@ def train(
     ```
     """
     epochs = _check_epochs(epochs)
+    if schedule not in ("constant", "cosine"):
+        raise ValueError(
+            f'`schedule` must be "constant" or "cosine". Received: schedule={schedule!r}'
+        )
+    rate = lr
+    if schedule == "cosine" and epochs and not isinstance(optimizer, keras.optimizers.Optimizer):
+        _optimizer(optimizer, lr)  # validates lr and optimizer
+        rate = keras.optimizers.schedules.CosineDecay(
+            float(lr), decay_steps=epochs * task.steps_per_epoch, alpha=0.01
+        )
     model.compile(
-        _optimizer(optimizer, lr), task.loss(), metrics=task.metrics(), run_eagerly=task.eager
+        _optimizer(optimizer, rate), task.loss(), metrics=task.metrics(), run_eagerly=task.eager
     )
     hist = _fit(model, task, epochs, callbacks, verbose)
     if epochs and recalibrate:

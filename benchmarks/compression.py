@@ -623,6 +623,9 @@ def run_task_seed(
     mcfg = MODES[mode]
     cfg = mcfg["tasks"][task_name]
     sparsity_target = max(mcfg["targets"])
+    # Sparsity training aimed at each target separately (a model per target)
+    # or once at the most aggressive target, pruned to every target.
+    per_target = bool(mcfg.get("per_target_sparsity", False))
     distill_target = max(mcfg["targets"])
     distill_methods = mcfg.get("distill_methods", ("acsl", "ns"))
     export_target = mcfg["export_target"]
@@ -673,7 +676,14 @@ def run_task_seed(
         _log(f"{task_name} seed {seed}: training the baseline ({cfg['base_epochs']} epochs)")
         keras.utils.set_random_seed(seed)
         base = task.build_model()
-        wf.train(base, task, cfg["base_epochs"], lr=cfg["base_lr"], verbose=0)
+        wf.train(
+            base,
+            task,
+            cfg["base_epochs"],
+            lr=cfg["base_lr"],
+            schedule=cfg.get("base_schedule", "constant"),
+            verbose=0,
+        )
         _save_model(base, base_path)
     base_seconds = time.time() - t0
     base_metric = wf.evaluate(base, task)
@@ -730,15 +740,20 @@ def run_task_seed(
             _log("stop time reached; no new runs")
             return written
         spec = METHODS[m]
-        source, sparse_metric, sp_seconds = base, None, 0.0
-        if spec["sparsity"] is not None:
-            sp_path = os.path.join(work, f"{m}_sparse_{ctl}.keras")
+        sources: dict = {}
+
+        def sparse_source(t_sp, spec=spec, m=m, sources=sources):
+            """The sparsity-trained model aimed at ``t_sp`` (cached on disk)."""
+            if t_sp in sources:
+                return sources[t_sp]
+            tag = f"_t{round(t_sp * 100)}" if per_target else ""
+            sp_path = os.path.join(work, f"{m}_sparse_{ctl}{tag}.keras")
             source = _load_model(sp_path)
             t0 = time.time()
             if source is None:
                 _log(
                     f"{task_name} seed {seed}: {m} sparsity training "
-                    f"({cfg['sparsity_epochs']} epochs, budget {sparsity_target:.0%} FLOPs)"
+                    f"({cfg['sparsity_epochs']} epochs, budget {t_sp:.0%} FLOPs)"
                 )
                 keras.utils.set_random_seed(seed)
                 source = wf.sparsity_train(
@@ -746,7 +761,7 @@ def run_task_seed(
                     task,
                     epochs=cfg["sparsity_epochs"],
                     method=spec["sparsity"],
-                    target_flops=sparsity_target,
+                    target_flops=t_sp,
                     penalty=cfg["penalty"],
                     lr=cfg["sparsity_lr"],
                     verbose=0,
@@ -754,12 +769,17 @@ def run_task_seed(
                     **spec["options"],
                 )
                 _save_model(source, sp_path)
-            sp_seconds = time.time() - t0
-            sparse_metric = wf.evaluate(source, task)
+            sources[t_sp] = (source, wf.evaluate(source, task), time.time() - t0)
+            return sources[t_sp]
+
         for t, ft in items:
             if _past_stop():
                 _log("stop time reached; no new runs")
                 return written
+            t_sp = t if per_target else sparsity_target
+            source, sparse_metric, sp_seconds = base, None, 0.0
+            if spec["sparsity"] is not None:
+                source, sparse_metric, sp_seconds = sparse_source(t_sp)
             t0 = time.time()
             keras.utils.set_random_seed(seed)
             small = wf.prune(source, target_flops=t, criterion=spec["criterion"], seed=seed)
@@ -789,7 +809,7 @@ def run_task_seed(
                 criterion=spec["criterion"],
                 sparsity=spec["sparsity"],
                 options=spec["options"],
-                sparsity_target=(sparsity_target if spec["sparsity"] else None),
+                sparsity_target=(t_sp if spec["sparsity"] else None),
                 budget_options=(budget_options if spec["sparsity"] else None),
                 baseline_metric=base_metric,
                 metric_sparse=sparse_metric,

@@ -133,3 +133,18 @@ def test_invalid_step_arguments(tasks):
         wf.train(model, task, -1)
     with pytest.raises(ValueError, match="optimizer"):
         wf.train(model, task, 1, optimizer="lbfgs")
+    with pytest.raises(ValueError, match="schedule"):
+        wf.train(model, task, 1, schedule="linear")
+    with pytest.raises(ValueError, match="lr"):
+        wf.train(model, task, 1, lr=-1.0, schedule="cosine")
+
+
+def test_cosine_schedule_decays_to_one_percent(tasks):
+    task = tasks["classification"]
+    model = task.build_model()
+    wf.train(model, task, 2, lr=0.04, schedule="cosine", verbose=0, recalibrate=0)
+    opt = model.optimizer
+    steps = 2 * task.steps_per_epoch
+    assert int(opt.iterations.numpy()) == steps
+    assert float(opt.learning_rate) == pytest.approx(0.04 * 0.01, rel=1e-4)
+    assert float(opt._learning_rate(0)) == pytest.approx(0.04)
