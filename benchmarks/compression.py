@@ -109,6 +109,33 @@ def _mean_spread(values: Sequence[float]) -> tuple[float, float]:
     return m, math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1))
 
 
+#: Two-sided 95% quantiles of Student's t by degrees of freedom.
+_T975 = {
+    1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
+    9: 2.262, 10: 2.228, 12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042, 60: 2.000,
+}
+
+
+def t975(df: int) -> float:
+    """The 97.5% quantile of Student's t with ``df`` degrees of freedom
+    (tabulated; between table entries the next smaller df is used, which
+    errs wide; 1.96 beyond 60)."""
+    if df < 1:
+        raise ValueError(f"`df` must be >= 1. Received: df={df}")
+    if df > 60:
+        return 1.96
+    return _T975[max(k for k in _T975 if k <= df)]
+
+
+def mean_ci(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95% t interval (0 for a single value).
+
+    For paired differences this is the paired t interval."""
+    m, sd = _mean_spread(values)
+    n = len(values)
+    return m, (t975(n - 1) * sd / math.sqrt(n) if n > 1 else 0.0)
+
+
 def aggregate(records: Iterable[dict]) -> list[dict]:
     """Group records by (task, method, target, finetune) over seeds.
 
@@ -136,6 +163,7 @@ def aggregate(records: Iterable[dict]) -> list[dict]:
             higher_is_better=rs[0].get("higher_is_better", True),
             metric_mean=m,
             metric_std=s,
+            metric_ci=mean_ci([r["metric"] for r in rs])[1],
             n=len(rs),
             seeds=[r["seed"] for r in rs],
             params=_mean_spread([r["params"] for r in rs])[0],
@@ -145,6 +173,10 @@ def aggregate(records: Iterable[dict]) -> list[dict]:
         )
         pre = [r["metric_pruned"] for r in rs if r.get("metric_pruned") is not None]
         row["metric_pruned_mean"] = _mean_spread(pre)[0] if pre else None
+        sparse = [r["metric_sparse"] for r in rs if r.get("metric_sparse") is not None]
+        row["metric_sparse_worst"] = (
+            (min(sparse) if row["higher_is_better"] else max(sparse)) if sparse else None
+        )
         for k in ("tflite_bytes", "int8_bytes", "latency_ms_float32", "latency_ms_int8"):
             vals = [r[k] for r in rs if r.get(k) is not None]
             row[k] = _mean_spread(vals)[0] if vals else None
@@ -171,16 +203,24 @@ def tfmot_rows(records: Iterable[dict]) -> list[dict]:
 
 
 def _fmt_metric(row: dict) -> str:
+    """Mean ± half-width of the 95% t interval over seeds (no ± for one seed)."""
     name = row["metric_name"]
     if name == "mae":
         txt = f"{row['metric_mean']:.2f}"
         if row["n"] > 1:
-            txt += f" ± {row['metric_std']:.2f}"
+            txt += f" ± {row['metric_ci']:.2f}"
     else:
         txt = f"{100 * row['metric_mean']:.1f}"
         if row["n"] > 1:
-            txt += f" ± {100 * row['metric_std']:.1f}"
+            txt += f" ± {100 * row['metric_ci']:.1f}"
     return txt
+
+
+def _fmt_value(row: dict, key: str) -> str:
+    v = row.get(key)
+    if v is None:
+        return ""
+    return f"{v:.2f}" if row["metric_name"] == "mae" else f"{100 * v:.1f}"
 
 
 def _fmt_pre(row: dict) -> str:
@@ -253,8 +293,9 @@ def headline_markdown(records: Sequence[dict], methods: Sequence[str] | None = N
 def paired_markdown(records: Sequence[dict], a: str = "acsl", b: str = "ns") -> str:
     """Method ``a`` against method ``b`` seed by seed (same baseline weights,
     same data): per task and target, the per-seed differences of the metric
-    (``a`` better is positive, for MAE too), their mean, and in how many
-    seeds ``a`` was better.
+    (``a`` better is positive, for MAE too), their mean with its paired 95%
+    t interval, in how many seeds ``a`` was better, and the verdict: a method
+    is called better only where the interval excludes zero.
 
     Returns:
         Markdown text (a table), or "" when no seed has both methods.
@@ -272,18 +313,24 @@ def paired_markdown(records: Sequence[dict], a: str = "acsl", b: str = "ns") -> 
     if not groups:
         return ""
     out = [
-        f"| task | target FLOPs red. | {a} - {b} per seed (positive: {a} better) | mean | "
-        f"{a} better in |",
-        "|---|---:|---|---:|---:|",
+        f"| task | target FLOPs red. | {a} - {b} per seed (positive: {a} better) | mean "
+        f"[95% CI] | {a} better in | verdict |",
+        "|---|---:|---|---:|---:|---|",
     ]
     order = {"classification": 0, "segmentation": 1, "counting": 2}
     for (task, t), diffs in sorted(groups.items(), key=lambda kv: (order.get(kv[0][0], 9), kv[0][1])):
         fmt = "{:+.2f}" if task == "counting" else "{:+.1f}"
         per = ", ".join(f"{fmt.format(d)} (s{seed})" for seed, d in diffs)
-        mean = sum(d for _, d in diffs) / len(diffs)
+        mean, half = mean_ci([d for _, d in diffs])
         wins = sum(d > 0 for _, d in diffs)
+        if len(diffs) < 2:
+            cell, verdict = fmt.format(mean), "one seed"
+        else:
+            lo, hi = mean - half, mean + half
+            cell = f"{fmt.format(mean)} [{fmt.format(lo)}, {fmt.format(hi)}]"
+            verdict = f"{a} better" if lo > 0 else f"{b} better" if hi < 0 else "no difference shown"
         out.append(
-            f"| {task} | {100 * t:.0f}% | {per} | {fmt.format(mean)} | {wins}/{len(diffs)} |"
+            f"| {task} | {100 * t:.0f}% | {per} | {cell} | {wins}/{len(diffs)} | {verdict} |"
         )
     return "\n".join(out) + "\n"
 
@@ -310,8 +357,8 @@ def controller_markdown(
         return ""
     head = [
         "| method | task | target FLOPs red. | rate - epoch controller per seed (positive: "
-        "rate better) | mean | rate better in |",
-        "|---|---|---:|---|---:|---:|",
+        "rate better) | mean [95% CI] | rate better in | verdict |",
+        "|---|---|---:|---|---:|---:|---|",
     ]
     return "\n".join(head + rows) + "\n"
 
@@ -334,9 +381,11 @@ def summary_markdown(records: Sequence[dict], *, title: str = "Compression bench
     if not rows:
         return "\n".join(out + ["No records.", ""])
     out += [
-        "Metric: mean ± sample standard deviation over the seeds listed (no ± with one "
-        "seed). Reductions are against each seed's unpruned baseline. `after prune` is "
-        "the metric right after shrinking, before fine-tuning.",
+        "Metric: mean ± half-width of the 95% t interval over the seeds listed (no ± "
+        "with one seed). Reductions are against each seed's unpruned baseline. `after "
+        "prune` is the metric right after shrinking, before fine-tuning; `sparse, worst "
+        "seed` the metric of the sparsity-trained model before shrinking, in its worst "
+        "seed (a collapse shows there).",
         "",
         "## Overview (plain fine-tuning)",
         "",
@@ -346,7 +395,7 @@ def summary_markdown(records: Sequence[dict], *, title: str = "Compression bench
     if paired:
         out += [
             "ACSL against Network Slimming, seed by seed (same baseline weights, data and "
-            "budgets; accuracy/mIoU in points, MAE in counts):",
+            "budgets; accuracy/mIoU in points, MAE in counts; paired t interval):",
             "",
             paired,
         ]
@@ -355,9 +404,9 @@ def summary_markdown(records: Sequence[dict], *, title: str = "Compression bench
         trows = [r for r in rows if r["task"] == task]
         out += [f"## {task}: {_unit(trows[0]['metric_name'])}", ""]
         out += [
-            "| target FLOPs red. | method | metric | seeds | after prune | params red. | "
-            "FLOPs red. | params | MFLOPs |",
-            "|---:|---|---:|---|---:|---:|---:|---:|---:|",
+            "| target FLOPs red. | method | metric | seeds | sparse, worst seed | after prune "
+            "| params red. | FLOPs red. | params | MFLOPs |",
+            "|---:|---|---:|---|---:|---:|---:|---:|---:|---:|",
         ]
         for r in trows:
             if r["finetune"] != "plain":
@@ -365,7 +414,8 @@ def summary_markdown(records: Sequence[dict], *, title: str = "Compression bench
             tgt = "unpruned" if r["target"] is None else f"{100 * r['target']:.0f}%"
             out.append(
                 f"| {tgt} | {r['method']} | {_fmt_metric(r)} | "
-                f"{','.join(map(str, r['seeds']))} | {_fmt_pre(r)} | "
+                f"{','.join(map(str, r['seeds']))} | {_fmt_value(r, 'metric_sparse_worst')} | "
+                f"{_fmt_pre(r)} | "
                 f"{100 * r['params_reduction']:.1f}% | {100 * r['flops_reduction']:.1f}% | "
                 f"{r['params']:,.0f} | {r['flops'] / 1e6:.2f} |"
             )
@@ -452,13 +502,13 @@ def summary_markdown(records: Sequence[dict], *, title: str = "Compression bench
     return "\n".join(out)
 
 
-def plot(records: Sequence[dict], out_dir: str) -> list[str]:
+def plot(records: Sequence[dict], out_dir: str, suffix: str = "") -> list[str]:
     """One PNG per task: metric vs FLOPs reduction and metric vs params
-    reduction, one line per method (plain fine-tuning; error bars = sample
-    standard deviation over seeds), the unpruned baseline as a dashed line.
+    reduction, one line per method (plain fine-tuning; bands = 95% t
+    intervals over seeds), the unpruned baseline as a dashed line.
 
     Returns:
-        The written paths (``<out_dir>/<task>.png``).
+        The written paths (``<out_dir>/<task><suffix>.png``).
     """
     import matplotlib
 
@@ -486,14 +536,18 @@ def plot(records: Sequence[dict], out_dir: str) -> list[str]:
         ):
             for m in methods:
                 pts = sorted((r for r in trows if r["method"] == m), key=lambda r: r[key])
-                ax.errorbar(
-                    [100 * r[key] for r in pts],
-                    [scale * r["metric_mean"] for r in pts],
-                    yerr=[scale * r["metric_std"] for r in pts],
-                    marker="o",
-                    capsize=3,
-                    label=m,
-                )
+                xs = [100 * r[key] for r in pts]
+                ys = [scale * r["metric_mean"] for r in pts]
+                (line,) = ax.plot(xs, ys, marker="o", label=f"{m} (n={max(r['n'] for r in pts)})")
+                if any(r["n"] > 1 for r in pts):
+                    ax.fill_between(
+                        xs,
+                        [y - scale * r["metric_ci"] for y, r in zip(ys, pts)],
+                        [y + scale * r["metric_ci"] for y, r in zip(ys, pts)],
+                        color=line.get_color(),
+                        alpha=0.18,
+                        lw=0,
+                    )
             if base:
                 ax.axhline(
                     scale * base[0]["metric_mean"], color="k", ls="--", lw=1, label="unpruned"
@@ -510,9 +564,9 @@ def plot(records: Sequence[dict], out_dir: str) -> list[str]:
             ax.set_ylabel(_unit(trows[0]["metric_name"]))
             ax.grid(alpha=0.3)
         axes[1].legend(fontsize=8)
-        fig.suptitle(f"{task}: metric vs reduction (seeds: up to {max(r['n'] for r in trows)})")
+        fig.suptitle(f"{task}: metric vs reduction (bands: 95% t intervals over seeds)")
         fig.tight_layout()
-        path = os.path.join(out_dir, f"{task}.png")
+        path = os.path.join(out_dir, f"{task}{suffix}.png")
         with _io.atomic_path(path, overwrite=True, suffix=".png") as tmp:
             fig.savefig(tmp, dpi=90)
         plt.close(fig)
@@ -537,8 +591,8 @@ def write_summary(out_dir: str, mode: str) -> str:
     os.makedirs(out_dir, exist_ok=True)
     name = "summary.md" if mode == "full" else f"summary_{mode}.md"
     path = _io.atomic_write_text(os.path.join(out_dir, name), md, overwrite=True)
-    if recs and mode == "full":
-        plot(recs, out_dir)
+    if recs and mode != "smoke":
+        plot(recs, out_dir, suffix="" if mode == "full" else f"_{mode}")
     return path
 
 

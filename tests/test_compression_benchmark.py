@@ -103,13 +103,14 @@ def test_aggregate_mean_spread_and_reductions():
     assert a["n"] == 3 and a["seeds"] == [0, 1, 2]
     assert a["metric_mean"] == pytest.approx(0.86)
     assert a["metric_std"] == pytest.approx(0.01)  # sample std of .85, .87, .86
+    assert a["metric_ci"] == pytest.approx(4.303 * 0.01 / 3**0.5)  # 95% t, 2 df
     assert a["params_reduction"] == pytest.approx(0.6)
     assert a["flops_reduction"] == pytest.approx(0.5)
     assert a["metric_pruned_mean"] == pytest.approx(0.76)
     ns = by["classification", "ns", 0.5, "plain"]
     assert ns["metric_std"] == pytest.approx(0.02)
     d = by["classification", "acsl", 0.5, "distill"]
-    assert d["n"] == 1 and d["metric_std"] == 0.0
+    assert d["n"] == 1 and d["metric_std"] == 0.0 and d["metric_ci"] == 0.0
     base = by["classification", "baseline", None, "plain"]
     assert base["tflite_bytes"] == 4096 and base["latency_ms_int8"] == 0.5
     # tfmot records are reported separately; baseline rows come first per task.
@@ -125,17 +126,18 @@ def test_summary_markdown_table():
     assert lines[0] == "# T"
     acsl = next(line for line in lines if line.startswith("| 50% | acsl |"))
     cells = [c.strip() for c in acsl.strip("|").split("|")]
-    assert cells[2] == "86.0 ± 1.0"
+    assert cells[2] == "86.0 ± 2.5"  # 95% t half-width
     assert cells[3] == "0,1,2"
-    assert cells[4] == "76.0"
-    assert cells[5] == "60.0%" and cells[6] == "50.0%"
-    assert cells[7] == "400"
+    assert cells[4] == ""  # no sparsity-trained metric in these records
+    assert cells[5] == "76.0"
+    assert cells[6] == "60.0%" and cells[7] == "50.0%"
+    assert cells[8] == "400"
     # the MAE task prints raw values, with no ± for a single seed
     l1 = next(line for line in lines if line.startswith("| 70% | l1 |"))
     assert "| 4.50 |" in l1 and "±" not in l1
     # distillation and tfmot sections
     drow = next(line for line in lines if "| 88.0 |" in line)
-    assert drow == "| 50% | acsl | 86.0 ± 1.0 | 88.0 | 0,1,2 / 0 |"
+    assert drow == "| 50% | acsl | 86.0 ± 2.5 | 88.0 | 0,1,2 / 0 |"
     assert "## tfmot prune_low_magnitude" in md
     # tfmot next to the same seed's ACSL model
     assert "| classification | 0 | 60.0% | 2 | 2 | 1 | 3 | 1.000 | 1.100 | 1.200 | 0.250 |" in md
@@ -147,7 +149,7 @@ def test_headline_and_paired_tables():
     head = cb.headline_markdown(recs).splitlines()
     assert head[0] == "| task (metric) | target FLOPs red. | unpruned | acsl | ns | l1 | seeds |"
     row = next(line for line in head if line.startswith("| classification"))
-    assert row == "| classification (accuracy %) | 50% | 91.0 ± 1.0 | 86.0 ± 1.0 | 82.0 ± 2.0 |  | 3 |"
+    assert row == "| classification (accuracy %) | 50% | 91.0 ± 2.5 | 86.0 ± 2.5 | 82.0 ± 5.0 |  | 3 |"
     row = next(line for line in head if line.startswith("| counting"))
     assert row == "| counting (MAE, lower is better) | 70% | 3.00 |  |  | 4.50 | 1 |"
     assert cb.headline_markdown([]) == ""
@@ -155,28 +157,73 @@ def test_headline_and_paired_tables():
     head = cb.headline_markdown(longer).splitlines()
     assert head[0].startswith("| task (metric) | target FLOPs red. | unpruned | unpruned, same epochs | acsl |")
     row = next(line for line in head if line.startswith("| classification"))
-    assert row.startswith("| classification (accuracy %) | 50% | 91.0 ± 1.0 | 95.0 | 86.0 ± 1.0 |")
+    assert row.startswith("| classification (accuracy %) | 50% | 91.0 ± 2.5 | 95.0 | 86.0 ± 2.5 |")
     paired = cb.paired_markdown(recs).splitlines()
-    # acsl - ns per seed: 85-80, 87-84, 86-82 points; acsl better in all three
+    # acsl - ns per seed: 85-80, 87-84, 86-82 points; acsl better in all three,
+    # and the paired interval 4.0 ± 4.303 * 1 / sqrt(3) excludes zero
     assert paired[2] == (
-        "| classification | 50% | +5.0 (s0), +3.0 (s1), +4.0 (s2) | +4.0 | 3/3 |"
+        "| classification | 50% | +5.0 (s0), +3.0 (s1), +4.0 (s2) | +4.0 [+1.5, +6.5] | 3/3 "
+        "| acsl better |"
     )
+    # an interval that includes zero is no win, whatever the seed count says
+    mixed = [
+        _rec("classification", m, s, v, 0.5)
+        for s, (a, b) in enumerate([(0.85, 0.80), (0.80, 0.84), (0.86, 0.82)])
+        for m, v in (("acsl", a), ("ns", b))
+    ]
+    assert cb.paired_markdown(mixed).splitlines()[2].endswith("| 2/3 | no difference shown |")
+    worse = [dict(r, method={"acsl": "ns", "ns": "acsl"}[r["method"]]) for r in recs
+             if r["method"] in ("acsl", "ns") and r["finetune"] == "plain"]
+    assert cb.paired_markdown(worse).splitlines()[2].endswith("| 0/3 | ns better |")
     # for MAE, lower is better: a positive difference still means acsl better
     mae = [
         _rec("counting", "acsl", 0, 4.0, 0.5, metric_name="mae"),
         _rec("counting", "ns", 0, 5.5, 0.5, metric_name="mae"),
         _rec("counting", "ns", 1, 5.5, 0.5, metric_name="mae"),  # no acsl in seed 1
     ]
-    assert cb.paired_markdown(mae).splitlines()[2] == "| counting | 50% | +1.50 (s0) | +1.50 | 1/1 |"
+    assert cb.paired_markdown(mae).splitlines()[2] == (
+        "| counting | 50% | +1.50 (s0) | +1.50 | 1/1 | one seed |"
+    )
     assert cb.paired_markdown(mae[1:]) == ""
     assert "seed by seed" in cb.summary_markdown(recs)
+
+
+def test_t_quantiles_and_intervals():
+    assert cb.t975(1) == 12.706 and cb.t975(4) == 2.776 and cb.t975(11) == 2.228
+    assert cb.t975(1000) == 1.96
+    with pytest.raises(ValueError, match="df"):
+        cb.t975(0)
+    m, h = cb.mean_ci([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert m == 3.0 and h == pytest.approx(2.776 * (2.5**0.5) / 5**0.5)
+    assert cb.mean_ci([7.0]) == (7.0, 0.0)
+
+
+def test_summary_reports_the_worst_sparsity_trained_seed(tmp_path):
+    recs = [
+        _rec("segmentation", "baseline", s, 0.7, metric_name="mean_iou") for s in (0, 1)
+    ] + [
+        _rec("segmentation", "acsl", s, 0.6, 0.5, metric_name="mean_iou", metric_sparse=v)
+        for s, v in ((0, 0.65), (1, 0.31))
+    ] + [
+        _rec("counting", "acsl", s, 3.0, 0.5, metric_name="mae", metric_sparse=v)
+        for s, v in ((0, 3.5), (1, 9.25))
+    ]
+    md = cb.summary_markdown(recs)
+    seg = next(line for line in md.splitlines() if line.startswith("| 50% | acsl |") and "31.0" in line)
+    assert "| 0,1 | 31.0 |" in seg  # the lowest mIoU of the two seeds
+    cnt = next(line for line in md.splitlines() if line.startswith("| 50% | acsl |") and "9.25" in line)
+    assert "| 0,1 | 9.25 |" in cnt  # the highest (worst) MAE
+    pytest.importorskip("matplotlib")
+    paths = cb.plot(recs, str(tmp_path), suffix="_ranked")
+    assert sorted(os.path.basename(p) for p in paths) == ["counting_ranked.png", "segmentation_ranked.png"]
+    assert all(os.path.getsize(p) > 1000 for p in paths)
 
 
 def test_controller_comparison_and_summary_section(tmp_path):
     new = [_rec("counting", "acsl", 0, 4.0, 0.85, metric_name="mae")]
     old = [_rec("counting", "acsl", 0, 5.0, 0.85, metric_name="mae")]
     text = cb.controller_markdown(new, old).splitlines()
-    assert text[2] == "| acsl | counting | 85% | +1.00 (s0) | +1.00 | 1/1 |"
+    assert text[2] == "| acsl | counting | 85% | +1.00 (s0) | +1.00 | 1/1 | one seed |"
     assert cb.controller_markdown(new, []) == ""
     out = str(tmp_path)
     cb.write_record(cb.record_path(out, "full", "counting", 0, "acsl", 0.85), new[0])
@@ -262,7 +309,12 @@ def test_configs_are_consistent():
         for m in mode["methods"]:
             assert m in METHODS or m in SPECIAL
         assert mode["export_target"] in mode["targets"]
-        assert set(mode["tasks"]) == {"classification", "segmentation", "counting"}
+        assert set(mode["tasks"]) <= {"classification", "segmentation", "counting"}
+        for cfg in mode["tasks"].values():
+            assert cfg.get("base_schedule", "constant") in ("constant", "cosine")
+    for name in ("smoke", "full"):
+        assert set(MODES[name]["tasks"]) == {"classification", "segmentation", "counting"}
+    assert len(MODES["ranked"]["seeds"]) >= 5 and MODES["ranked"]["per_target_sparsity"]
     assert METHODS["ns"]["sparsity"] == "ns" and METHODS["l1"]["sparsity"] is None
     assert METHODS["cap"]["criterion"] == "cap"
 
@@ -310,3 +362,25 @@ def test_smoke_mode_end_to_end_and_resumes(tmp_path):
 
 def _json_files(root):
     return [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs if f.endswith(".json")]
+
+
+@pytest.mark.slow
+def test_per_target_sparsity_training_and_cosine_baseline(tmp_path, monkeypatch):
+    """Per-target mode: one sparsity-trained model per target, each aimed at it."""
+    smoke = dict(MODES["smoke"], per_target_sparsity=True, targets=(0.3, 0.5))
+    smoke["tasks"] = dict(smoke["tasks"])
+    smoke["tasks"]["classification"] = dict(smoke["tasks"]["classification"], base_schedule="cosine")
+    monkeypatch.setitem(MODES, "smoke", smoke)
+    out, work = str(tmp_path / "out"), str(tmp_path / "work")
+    n = cb.run_task_seed(
+        "classification", 0, mode="smoke", methods=("baseline", "acsl"), targets=[0.3, 0.5],
+        out_dir=out, work_dir=work, export=False,
+    )
+    assert n == 3
+    recs = {(r["method"], r["target"]): r for r in cb.load_records(out, "smoke")}
+    assert recs["acsl", 0.3]["sparsity_target"] == 0.3
+    assert recs["acsl", 0.5]["sparsity_target"] == 0.5
+    cached = sorted(f for f in os.listdir(os.path.join(work, "smoke", "classification", "seed0"))
+                    if f.startswith("acsl_sparse"))
+    assert cached == ["acsl_sparse_rate_t30.keras", "acsl_sparse_rate_t50.keras"]
+    assert recs["baseline", None]["budget"]["base_schedule"] == "cosine"
