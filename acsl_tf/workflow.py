@@ -84,9 +84,9 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
         "full": dict(n_train=60000, n_val=10000, width=1.0, batch_size=128),
     },
     "segmentation": {
-        "tiny": dict(n_train=64, n_val=32, canvas=32, depth=2, width=0.125, batch_size=16),
-        "quick": dict(n_train=600, n_val=200, canvas=48, depth=3, width=0.25, batch_size=16),
-        "full": dict(n_train=4000, n_val=500, canvas=64, depth=3, width=0.5, batch_size=16),
+        "tiny": dict(n_train=64, n_val=32, canvas=32, depth=2, width=0.125, batch_size=16, classes="fine"),
+        "quick": dict(n_train=600, n_val=200, canvas=48, depth=3, width=0.25, batch_size=16, classes="fine"),
+        "full": dict(n_train=4000, n_val=500, canvas=64, depth=3, width=0.5, batch_size=16, classes="fine"),
     },
     "counting": {
         "tiny": dict(
@@ -288,27 +288,39 @@ def _classification(cfg, seed, train, test):
 
 
 def _segmentation(cfg, seed, train, test):
-    from acsl_tf.datasets import make_segmentation_set, segmentation_dataset
+    from acsl_tf.datasets import (
+        SEGMENTATION_GROUPS,
+        make_segmentation_set,
+        segmentation_dataset,
+    )
     from acsl_tf.metrics import MeanIoU, confusion_matrix, mean_iou_from_confusion
     from acsl_tf.models import unet
 
     c = cfg["canvas"]
     item = (max(8, c // 4), max(12, c // 2))
+    classes = cfg.get("classes", "fine")
+    if classes not in ("fine", "coarse"):
+        raise ValueError(
+            '`classes` must be "fine" (the 10 Fashion-MNIST classes) or "coarse" (merged by '
+            f"shape: datasets.SEGMENTATION_GROUPS). Received: classes={classes!r}"
+        )
+    groups = SEGMENTATION_GROUPS if classes == "coarse" else None
+    n_cls = 1 + (len(groups) if groups else 10)
     x_tr, y_tr = make_segmentation_set(
-        cfg["n_train"], canvas=c, item_size=item, seed=seed, source=train
+        cfg["n_train"], canvas=c, item_size=item, seed=seed, source=train, class_groups=groups
     )
     x_va, y_va = make_segmentation_set(
-        cfg["n_val"], canvas=c, item_size=item, seed=seed + 1, source=test
+        cfg["n_val"], canvas=c, item_size=item, seed=seed + 1, source=test, class_groups=groups
     )
     bs = cfg["batch_size"]
     shape = tuple(x_tr.shape[1:])
     width, depth = cfg["width"], cfg["depth"]
 
     def build(width=width, input_shape=shape):
-        return unet(input_shape, 11, width=width, depth=depth)
+        return unet(input_shape, n_cls, width=width, depth=depth)
 
     def score(y, p):
-        cm = confusion_matrix(np.asarray(y), np.asarray(p), 11, ignore_index=None, argmax=True)
+        cm = confusion_matrix(np.asarray(y), np.asarray(p), n_cls, ignore_index=None, argmax=True)
         return float(mean_iou_from_confusion(cm))
 
     return Task(
@@ -322,7 +334,7 @@ def _segmentation(cfg, seed, train, test):
         y_val=y_va,
         steps_per_epoch=max(len(x_tr) // bs, 1),
         loss=lambda: keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=lambda: [MeanIoU(11, ignore_index=None)],
+        metrics=lambda: [MeanIoU(n_cls, ignore_index=None)],
         metric_name="mean_iou",
         higher_is_better=True,
         score=score,

@@ -14,7 +14,14 @@ Slimming) and the same epoch budgets:
 
 ``METHODS`` maps a method name to how it is run: ``sparsity`` is the
 ``workflow.sparsity_train`` method (None: prune the baseline directly),
-``criterion`` the ``shrink`` criterion and ``options`` the ACSL options.
+``criterion`` the ``shrink`` criterion and ``options`` the ACSL options;
+``prune`` (default ``"shrink"``) is how the pruned model is made:
+``"shrink"`` (``workflow.prune`` with ``criterion``), ``"dcp"``
+(``acsl_tf.dcp.select_channels`` from the baseline fine-tuned with the
+auxiliary heads, the thin model with the re-fitted kernels) or ``"dkp"``
+(``acsl_tf.dcp.select_kernels``: kernels zeroed, architecture unchanged).
+The settings of ``dcp`` and ``dkp`` are ``DCP_DEFAULTS`` updated by the
+mode's ``dcp`` dict and the task's ``dcp`` dict.
 """
 
 from __future__ import annotations
@@ -40,14 +47,43 @@ METHODS: dict[str, dict] = {
     # (closer to Li et al.'s per-layer pruning than raw norms ranked globally).
     "l1_layer": dict(sparsity=None, criterion="l1_layer", options={}),
     "random": dict(sparsity=None, criterion="random", options={}),
+    # Discrimination-aware channel pruning (Liu, Zhuang, Tan et al.): the
+    # baseline fine-tuned with auxiliary heads at the stage boundaries, then a
+    # greedy channel selection with re-fitted kernels to each FLOPs target.
+    "dcp": dict(sparsity=None, criterion="dcp", prune="dcp", options={}),
+    # Discrimination-aware kernel pruning: the same loop with single kernels
+    # as the unit; the target is the fraction of kernels zeroed in every
+    # conv. The architecture does not change, so params and FLOPs (counted
+    # dense) do not either; fine-tuning keeps the zeros.
+    "dkp": dict(sparsity=None, criterion="dkp", prune="dkp", options={}),
 }
+
+#: Settings of ``dcp`` / ``dkp`` (see docs/DCP.md), updated per mode and
+#: task. ``aux_epochs`` / ``aux_lr``: fine-tuning with the auxiliary heads
+#: (SGD, momentum 0.9) before the selection; None means the task's
+#: ``sparsity_epochs`` / ``sparsity_lr``, the extra training the
+#: sparsity-trained methods get. ``max_heads``: auxiliary heads at the stage
+#: boundaries; ``aux_weight``: lambda; ``n_samples``: calibration samples
+#: (the first of the training pipeline); ``steps``, ``learning_rate``,
+#: ``momentum``: the SGD re-fit after each added channel (kernel group for
+#: DKP).
+DCP_DEFAULTS: dict = dict(
+    aux_epochs=None,
+    aux_lr=None,
+    max_heads=3,
+    aux_weight=1.0,
+    n_samples=128,
+    steps=3,
+    learning_rate=0.01,
+    momentum=0.9,
+)
 
 #: Methods that are not a pruning method: the unpruned model, the unpruned
 #: model trained as many epochs as the pruned ones (baseline + sparsity +
 #: fine-tuning epochs, no penalty), and tfmot.
 SPECIAL = ("baseline", "baseline_long", "tfmot")
 
-MAIN_METHODS = ("acsl", "ns", "cap", "l1", "l1_layer", "random")
+MAIN_METHODS = ("acsl", "ns", "cap", "dcp", "l1", "l1_layer", "random")
 VARIANTS = ("acsl_informative", "acsl_attention", "acsl_t2")
 
 #: Per-mode settings. ``tasks[name]`` holds the make_task size/overrides and
@@ -64,6 +100,9 @@ MODES: dict[str, dict] = {
         export_runs=20,
         tfmot=False,
         budget_options=dict(controller="rate", reach_at=0.6),
+        # DCP sized for seconds: one epoch with the heads, 32 calibration
+        # samples, one re-fit step per added channel.
+        dcp=dict(aux_epochs=1, n_samples=32, steps=1),
         tasks={
             "classification": dict(
                 size="tiny",
@@ -114,6 +153,9 @@ MODES: dict[str, dict] = {
         # records of the earlier per-epoch controller ("epoch") are kept in
         # results/compression/epoch_controller/ for comparison.
         budget_options=dict(controller="rate", reach_at=0.6),
+        # DCP: the heads' fine-tuning gets the sparsity epochs (DCP_DEFAULTS);
+        # 128 calibration samples, 3 re-fit steps (as in benchmarks/dcp.py).
+        dcp=dict(n_samples=128, steps=3),
         tasks={
             # 6000 / 1000 images, vgg_small width 0.5 (73k params), 46 steps per epoch.
             "classification": dict(
@@ -181,6 +223,9 @@ MODES: dict[str, dict] = {
         export_runs=20,
         tfmot=False,
         budget_options=dict(controller="rate", reach_at=0.6),
+        # DCP (run with --methods dcp; not in the default methods): 256
+        # calibration samples, 3 re-fit steps.
+        dcp=dict(n_samples=256, steps=3),
         tasks={
             # Fashion-MNIST: all 60,000 training and 10,000 test images,
             # vgg_small width 0.5 (73k params), 468 steps per epoch; the
@@ -196,6 +241,41 @@ MODES: dict[str, dict] = {
                 sparsity_lr=0.02,
                 finetune_lr=1e-3,
                 penalty=4e-3,
+            ),
+            # Composite scenes with the classes merged by shape (background,
+            # upper-body garments, trousers, footwear, bags: 5 classes), 2000
+            # training and 5000 validation scenes of 48x48, U-Net depth 3
+            # width 0.25, batch 32. With the 10 fine classes and 480 scenes
+            # the unpruned U-Net reached 24% mIoU; with these settings one
+            # 8-epoch cosine run reached 66%.
+            "segmentation": dict(
+                size="quick",
+                overrides=dict(
+                    n_train=2000, n_val=5000, classes="coarse", batch_size=32
+                ),
+                base_epochs=10,
+                base_schedule="cosine",
+                sparsity_epochs=3,
+                finetune_epochs=2,
+                base_lr=0.05,
+                sparsity_lr=0.02,
+                finetune_lr=1e-3,
+                penalty=3e-3,
+            ),
+            # 2000 training and 5000 validation scenes of 64x64 with 0-80
+            # items (mean 40), vgg16_decoder width 0.125, batch 16.
+            "counting": dict(
+                size="quick",
+                overrides=dict(n_train=2000, n_val=5000),
+                base_epochs=12,
+                base_schedule="cosine",
+                sparsity_epochs=3,
+                finetune_epochs=2,
+                base_lr=0.01,
+                sparsity_lr=0.005,
+                finetune_lr=1e-3,
+                penalty=1e-2,
+                extra_targets=(0.9,),
             ),
         },
     ),

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from acsl_tf.datasets import (
+    SEGMENTATION_GROUPS,
     SEGMENTATION_NUM_CLASSES,
     adaptive_sigmas,
     counting_dataset,
@@ -103,6 +104,23 @@ def test_segmentation_set_shapes_and_labels():
     # interior pixels of class c carry intensity 0.098*(c+1)
     inner = x[..., 0][fg]
     np.testing.assert_allclose(inner.max(), 1.0 * 250 / 255, atol=0.02)
+
+
+def test_segmentation_class_groups_relabel_and_skip_ungrouped():
+    # _source(): class c is a square of intensity 25 (c + 1) / 255 (borders interpolated)
+    kw = dict(canvas=32, items=(1, 3), item_size=(8, 12), noise=0.0, seed=3, source=_source())
+    x, y = make_segmentation_set(40, class_groups=((1, 3), (9,)), **kw)
+    assert set(np.unique(y)) == {0, 1, 2}
+    assert x[y == 1].max() <= 100 / 255 + 1e-6  # classes 1 and 3 only
+    assert x[y == 2].max() == pytest.approx(250 / 255, abs=1e-3)  # class 9
+    # labels in no group are never drawn: with one group of class 1, no pixel is brighter
+    x1, y1 = make_segmentation_set(20, class_groups=((1,),), **kw)
+    assert set(np.unique(y1)) == {0, 1} and x1.max() <= 50 / 255 + 1e-6
+    assert len(SEGMENTATION_GROUPS) == 4
+    assert sorted(c for g in SEGMENTATION_GROUPS for c in g) == list(range(10))
+    for bad in ((), ((0,), (0, 1)), ((0,), ()), (("a",),), ((42,),)):
+        with pytest.raises(ValueError, match="class_groups"):
+            make_segmentation_set(2, class_groups=bad, **kw)
 
 
 def test_segmentation_set_is_deterministic():

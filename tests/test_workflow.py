@@ -148,3 +148,12 @@ def test_cosine_schedule_decays_to_one_percent(tasks):
     assert int(opt.iterations.numpy()) == steps
     assert float(opt.learning_rate) == pytest.approx(0.04 * 0.01, rel=1e-4)
     assert float(opt._learning_rate(0)) == pytest.approx(0.04)
+
+
+@needs_data
+def test_segmentation_task_with_coarse_classes():
+    task = wf.make_task("segmentation", size="tiny", seed=0, classes="coarse")
+    assert task.build_model().output.shape[-1] == 5
+    assert int(task.y_val.max()) <= 4
+    with pytest.raises(ValueError, match="classes"):
+        wf.make_task("segmentation", size="tiny", classes="medium")

@@ -25,6 +25,7 @@ from acsl_tf.datasets.benchmarks import (
 )
 from acsl_tf.datasets.composite import (
     BACKGROUND,
+    SEGMENTATION_GROUPS,
     SEGMENTATION_NUM_CLASSES,
     counting_dataset,
     make_counting_set,
@@ -50,6 +51,7 @@ __all__ = [
     "load_cityscapes",
     "load_mall",
     "load_shanghaitech",
+    "SEGMENTATION_GROUPS",
     "SEGMENTATION_NUM_CLASSES",
     "adaptive_sigmas",
     "counting_dataset",
