@@ -12,6 +12,15 @@ benchmarks/compression_configs.py):
   ``cap``) criterion to each target;
 - ``l1``, ``l1_layer`` (L1 norms normalised per layer) and ``random``: the
   baseline pruned directly with that criterion;
+- ``dcp`` (discrimination-aware channel pruning, acsl_tf.dcp): the baseline
+  fine-tuned with auxiliary heads at its stage boundaries (once per task and
+  seed, cached), then ``select_channels(target_flops=t)`` on calibration
+  samples of the training pipeline and the thin model with the re-fitted
+  kernels, for each target; ``dkp`` (kernel pruning, run on request): the
+  same fine-tuned model, ``select_kernels`` keeping ``1 - t`` of the kernels
+  of every conv (same architecture, so params and FLOPs are unchanged as
+  counted; the zeros are kept through fine-tuning and reported as
+  ``kernel_sparsity``);
 
 then every pruned model is fine-tuned (same epochs for all) and evaluated. At
 the mode's ``export_target`` (one target per method, to save time) the
@@ -651,6 +660,149 @@ def _copy(model):
     return m
 
 
+def dcp_settings(mode: str, task_name: str) -> dict:
+    """The ``dcp``/``dkp`` settings of one task in one mode:
+    ``compression_configs.DCP_DEFAULTS`` updated by the mode's ``dcp`` dict,
+    then by the task's ``dcp`` dict; ``aux_epochs`` / ``aux_lr`` of None
+    become the task's ``sparsity_epochs`` / ``sparsity_lr``.
+
+    Raises:
+        ValueError: For an unknown setting or a value out of range.
+    """
+    from compression_configs import DCP_DEFAULTS
+
+    mcfg = MODES[mode]
+    cfg = mcfg["tasks"][task_name]
+    out = dict(DCP_DEFAULTS)
+    for where, d in (("mode", mcfg.get("dcp") or {}), ("task", cfg.get("dcp") or {})):
+        unknown = sorted(set(d) - set(DCP_DEFAULTS))
+        if unknown:
+            raise ValueError(
+                f"Unknown DCP settings {unknown} in the {where} configuration of "
+                f"{mode}/{task_name}; valid keys are {sorted(DCP_DEFAULTS)}. Received: {d!r}"
+            )
+        out.update(d)
+    if out["aux_epochs"] is None:
+        out["aux_epochs"] = cfg["sparsity_epochs"]
+    if out["aux_lr"] is None:
+        out["aux_lr"] = cfg["sparsity_lr"]
+    for key, low in (("aux_epochs", 0), ("max_heads", 1), ("n_samples", 1), ("steps", 0)):
+        v = out[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise ValueError(
+                f"DCP setting {key!r} of {mode}/{task_name} must be an int >= {low}. "
+                f"Received: {key}={v!r}"
+            )
+    return out
+
+
+def dcp_cache_stem(settings: dict) -> str:
+    """File stem of the cached model fine-tuned with the auxiliary heads:
+    it names the settings the fine-tuning depends on."""
+    return (
+        f"dcp_heads{settings['max_heads']}_e{settings['aux_epochs']}_"
+        f"lr{settings['aux_lr']:g}_w{settings['aux_weight']:g}"
+    )
+
+
+def calibration_batch(task, n: int):
+    """DCP's calibration data: the first ``n`` samples of the task's training
+    pipeline (at most one epoch's worth, so no sample repeats), as arrays
+    ``(x, y)`` with the targets the model is trained on."""
+    import numpy as np
+
+    n = min(int(n), task.steps_per_epoch * task.batch_size)
+    xs, ys, got = [], [], 0
+    for xb, yb in task.train_ds():
+        xs.append(np.asarray(xb))
+        ys.append(np.asarray(yb))
+        got += len(xs[-1])
+        if got >= n:
+            break
+    return np.concatenate(xs)[:n], np.concatenate(ys)[:n]
+
+
+def dkp_layers(model) -> list[str]:
+    """The layers DKP prunes in the benchmark: every top-level convolution
+    whose kernel it can re-fit (groups 1, not transposed), not Dense."""
+    import keras
+
+    from acsl_tf.dcp._engine import is_consumer_layer
+
+    return [
+        layer.name
+        for layer in model.layers
+        if is_consumer_layer(layer) and not isinstance(layer, keras.layers.Dense)
+    ]
+
+
+def kernel_zero_fraction(model, names) -> float:
+    """Zero entries over all entries of the kernels of the layers ``names``."""
+    import numpy as np
+
+    zero = total = 0
+    for name in names:
+        k = np.asarray(model.get_layer(name).kernel)
+        zero += int((k == 0).sum())
+        total += k.size
+    return zero / max(total, 1)
+
+
+def prune_dcp(kind: str, model, heads, x, y, target: float, settings: dict):
+    """DCP or DKP of ``model`` (fine-tuned with ``heads``) to ``target``.
+
+    ``"dcp"``: ``select_channels(target_flops=target)``, the thin model with
+    the re-fitted kernels. ``"dkp"``: ``select_kernels`` keeping ``1 -
+    target`` of the kernels of every conv (:func:`dkp_layers`); a copy of the
+    model with the others zero.
+
+    Returns:
+        ``(pruned model, record fields, fine-tuning callbacks)``; for DKP the
+        callback keeps the pruned kernels at zero.
+    """
+    from acsl_tf import dcp
+
+    kw = dict(
+        aux_weight=settings["aux_weight"],
+        steps=settings["steps"],
+        learning_rate=settings["learning_rate"],
+        momentum=settings["momentum"],
+        n_samples=settings["n_samples"],
+        verbose=0,
+    )
+    t0 = time.time()
+    if kind == "dcp":
+        res = dcp.select_channels(model, x, y, heads=heads, target_flops=float(target), **kw)
+        small = res.apply()
+        fields = dict(
+            widths=[[s.name, s.size, len(s.kept)] for s in res.layers],
+            not_selected=dict(res.skipped),
+        )
+        callbacks = []
+    elif kind == "dkp":
+        layers = dkp_layers(model)
+        res = dcp.select_kernels(
+            model, x, y, heads=heads, kernels=1.0 - float(target), layers=layers, **kw
+        )
+        small = res.model
+        fields = dict(
+            dkp_layers=layers,
+            kernel_sparsity=res.sparsity,
+            model_sparsity=res.model_sparsity,
+            dense_bytes=res.dense_bytes,
+            sparse_bytes=res.sparse_bytes,
+        )
+        callbacks = [res.keep_zeros()]
+    else:
+        raise ValueError(f'`kind` must be "dcp" or "dkp". Received: kind={kind!r}')
+    fields.update(
+        dcp=dict(settings),
+        aux_points=list(heads.points),
+        seconds_select=round(time.time() - t0, 1),
+    )
+    return small, fields, callbacks
+
+
 def _export(model, task, work, name, runs):
     from acsl_tf import workflow as wf
 
@@ -787,6 +939,62 @@ def run_task_seed(
 
     budget_options = dict(mcfg.get("budget_options") or {})
     ctl = budget_options.get("controller", "rate")
+    dcp_cache: dict = {}
+
+    def dcp_source():
+        """The baseline fine-tuned with DCP's auxiliary heads (cached on disk,
+        shared by every target and by ``dcp`` and ``dkp``), the heads, the
+        calibration data, its metric, the seconds and the settings."""
+        if dcp_cache:
+            return dcp_cache["source"]
+        from acsl_tf import dcp
+
+        s = dcp_settings(mode, task_name)
+        stem = os.path.join(work, dcp_cache_stem(s))
+        t0 = time.time()
+        model = _load_model(stem + ".keras")
+        if model is not None:
+            points = dcp.auxiliary_head_points(model, max_heads=s["max_heads"])
+            heads = [_load_model(f"{stem}_head{i + 1}.keras") for i in range(len(points))]
+            if any(h is None for h in heads):
+                model = None
+        if model is None:
+            _log(
+                f"{task_name} seed {seed}: fine-tuning with DCP's auxiliary heads "
+                f"({s['aux_epochs']} epochs)"
+            )
+            keras.utils.set_random_seed(seed)
+            model = _copy(base)
+            aux = dcp.with_auxiliary_heads(
+                model, max_heads=s["max_heads"], aux_weight=s["aux_weight"]
+            )
+            if s["aux_epochs"]:
+                aux.compile(
+                    keras.optimizers.SGD(s["aux_lr"], momentum=0.9), run_eagerly=task.eager
+                )
+                aux.fit(
+                    task.train_ds(),
+                    epochs=s["aux_epochs"],
+                    steps_per_epoch=task.steps_per_epoch,
+                    shuffle=False,  # the dataset shuffles itself
+                    verbose=0,
+                )
+                wf.recalibrate_bn(model, task)
+            for i, h in enumerate(aux.heads):
+                _save_model(h, f"{stem}_head{i + 1}.keras")
+            _save_model(model, stem + ".keras")  # written last: marks a complete cache
+        else:
+            by_name = {h.name: h for h in heads}
+            aux = dcp.with_auxiliary_heads(
+                model,
+                at=points,
+                aux_weight=s["aux_weight"],
+                head=lambda shape, name: by_name[name],
+            )
+        x, y = calibration_batch(task, s["n_samples"])
+        dcp_cache["source"] = (model, aux, (x, y), wf.evaluate(model, task), time.time() - t0, s)
+        return dcp_cache["source"]
+
     for m, items in todo.items():
         if m in ("baseline", "baseline_long"):
             continue
@@ -831,12 +1039,25 @@ def run_task_seed(
                 _log("stop time reached; no new runs")
                 return written
             t_sp = t if per_target else sparsity_target
+            kind = spec.get("prune", "shrink")
             source, sparse_metric, sp_seconds = base, None, 0.0
             if spec["sparsity"] is not None:
                 source, sparse_metric, sp_seconds = sparse_source(t_sp)
+            if kind != "shrink":
+                source, aux, (xc, yc), sparse_metric, sp_seconds, dset = dcp_source()
             t0 = time.time()
             keras.utils.set_random_seed(seed)
-            small = wf.prune(source, target_flops=t, criterion=spec["criterion"], seed=seed)
+            fields, keep = {}, []
+            if kind == "shrink":
+                small = wf.prune(source, target_flops=t, criterion=spec["criterion"], seed=seed)
+            else:
+                small, fields, keep = prune_dcp(kind, source, aux, xc, yc, t, dset)
+            if keep and ft == "distill":
+                raise ValueError(
+                    f"{m} keeps its pruned kernels at zero with a callback on the model's "
+                    "layers, which distillation does not train directly; remove it from "
+                    f"distill_methods. Received: method={m!r}, finetune={ft!r}"
+                )
             pruned_metric = wf.evaluate(small, task)
             teacher = _copy(base) if ft == "distill" else None
             wf.finetune(
@@ -845,8 +1066,13 @@ def run_task_seed(
                 cfg["finetune_epochs"],
                 teacher=teacher,
                 lr=cfg["finetune_lr"],
+                callbacks=keep,
                 verbose=0,
             )
+            if kind == "dkp":
+                fields["kernel_sparsity_finetuned"] = kernel_zero_fraction(
+                    small, fields["dkp_layers"]
+                )
             metric = wf.evaluate(small, task)
             exp = {}
             if export and m in export_methods and ft == "plain" and abs(t - export_target) < 1e-9:
@@ -870,6 +1096,7 @@ def run_task_seed(
                 metric_pruned=pruned_metric,
                 seconds_sparsity=round(sp_seconds, 1),
                 seconds_prune_finetune=round(time.time() - t0, 1),
+                **fields,
             )
             rec["params_reduction"] = 1.0 - rec["params"] / base_params
             rec["flops_reduction"] = 1.0 - rec["flops"] / base_flops
@@ -989,23 +1216,34 @@ def docs_blocks(summary: str) -> tuple[str, str]:
     return readme, "## Results\n" + deeper
 
 
-def update_docs(out_dir: str, readme: str, benchmarks_md: str) -> list[str]:
-    """Embed the current ``summary.md`` into the README and docs/BENCHMARKS.md
-    (between the ``<!-- compression:start/end -->`` markers); atomic writes.
+def doc_markers(mode: str = "full") -> tuple[str, str]:
+    """The start/end marker lines of ``mode``'s block in the docs
+    (``<!-- compression:start -->`` for full mode,
+    ``<!-- compression-<mode>:start -->`` otherwise)."""
+    tag = "compression" if mode == "full" else f"compression-{mode}"
+    return f"<!-- {tag}:start -->", f"<!-- {tag}:end -->"
+
+
+def update_docs(out_dir: str, readme: str, benchmarks_md: str, mode: str = "full") -> list[str]:
+    """Embed ``mode``'s summary (``summary.md`` for full mode,
+    ``summary_<mode>.md`` otherwise) into the README and docs/BENCHMARKS.md,
+    between the markers of :func:`doc_markers`; atomic writes.
 
     Returns:
         The written paths.
     """
     from acsl_tf import _io
 
-    with open(os.path.join(out_dir, "summary.md")) as f:
+    name = "summary.md" if mode == "full" else f"summary_{mode}.md"
+    with open(os.path.join(out_dir, name)) as f:
         summary = f.read()
     r_block, b_block = docs_blocks(summary)
+    start, end = doc_markers(mode)
     written = []
     for path, block in ((readme, r_block), (benchmarks_md, b_block)):
         with open(path) as f:
             text = f.read()
-        _io.atomic_write_text(path, embed(text, block), overwrite=True)
+        _io.atomic_write_text(path, embed(text, block, start, end), overwrite=True)
         written.append(path)
     return written
 
@@ -1027,7 +1265,7 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--update-docs",
         action="store_true",
-        help="also embed the summary into README.md and docs/BENCHMARKS.md (full mode)",
+        help="also embed the mode's summary into README.md and docs/BENCHMARKS.md",
     )
     parser.add_argument(
         "--stop-at", default=None, help="HH:MM UTC: start no new run after this time"
@@ -1090,7 +1328,10 @@ def main(argv=None) -> int:
     if args.update_docs:
         root = os.path.dirname(HERE)
         for p in update_docs(
-            args.out_dir, os.path.join(root, "README.md"), os.path.join(root, "docs", "BENCHMARKS.md")
+            args.out_dir,
+            os.path.join(root, "README.md"),
+            os.path.join(root, "docs", "BENCHMARKS.md"),
+            mode=args.mode,
         ):
             _log(f"updated {p}")
     return 0

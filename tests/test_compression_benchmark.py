@@ -384,3 +384,22 @@ def test_per_target_sparsity_training_and_cosine_baseline(tmp_path, monkeypatch)
                     if f.startswith("acsl_sparse"))
     assert cached == ["acsl_sparse_rate_t30.keras", "acsl_sparse_rate_t50.keras"]
     assert recs["baseline", None]["budget"]["base_schedule"] == "cosine"
+
+
+def test_update_docs_per_mode(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "summary_ranked.md").write_text(cb.summary_markdown(_synthetic(), title="R"))
+    readme, bench = tmp_path / "README.md", tmp_path / "B.md"
+    start, end = cb.doc_markers("ranked")
+    assert (start, end) == ("<!-- compression-ranked:start -->", "<!-- compression-ranked:end -->")
+    assert cb.doc_markers("full")[0] == "<!-- compression:start -->"
+    full_block = "<!-- compression:start -->\nFULL\n<!-- compression:end -->\n"
+    for p in (readme, bench):
+        p.write_text(f"top\n{full_block}{start}\nold\n{end}\n")
+    cb.update_docs(str(out), str(readme), str(bench), mode="ranked")
+    text = readme.read_text()
+    assert "FULL" in text and "old" not in text and "| classification (accuracy %) | 50% |" in text
+    assert "## Results" in bench.read_text()
+    with pytest.raises(FileNotFoundError):
+        cb.update_docs(str(out), str(readme), str(bench), mode="smoke")
