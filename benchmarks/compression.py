@@ -400,6 +400,16 @@ def summary_markdown(records: Sequence[dict], *, title: str = "Compression bench
         "",
         headline_markdown(records),
     ]
+    present = {r["method"] for r in rows}
+    if present & {"dcp", "dkp"}:
+        out += [
+            "For `dcp` and `dkp` the `sparse` column is the model fine-tuned with DCP's "
+            "auxiliary heads, the model the selection starts from. `dkp` zeroes kernels "
+            "without changing the architecture: its target is the fraction of kernels "
+            "zeroed in every conv, and its params and FLOPs (counted dense) are the "
+            "baseline's (see the DKP table).",
+            "",
+        ]
     paired = paired_markdown(records)
     if paired:
         out += [
@@ -472,6 +482,19 @@ def summary_markdown(records: Sequence[dict], *, title: str = "Compression bench
                     f"{r['latency_ms_float32']:.3f} | {l8} |"
                 )
             out.append("")
+    dkp = dkp_markdown(records)
+    if dkp:
+        out += [
+            "## DKP: kernels zeroed (architecture unchanged)",
+            "",
+            "Per task and target (the fraction of kernels zeroed in every conv): the "
+            "metric after fine-tuning (the zeros kept), the zero fraction of the pruned "
+            "convs' kernels and of all trainable weights, and the float32 size dense and "
+            "with the pruned kernels stored sparsely (a bitmap plus the kept kernels). "
+            "FLOPs and run time on dense runtimes are the baseline's.",
+            "",
+            dkp,
+        ]
     tf_rows = tfmot_rows(records)
     if tf_rows:
         acsl = {
@@ -511,6 +534,49 @@ def summary_markdown(records: Sequence[dict], *, title: str = "Compression bench
     return "\n".join(out)
 
 
+def dkp_markdown(records: Sequence[dict]) -> str:
+    """The ``dkp`` records (plain fine-tuning) per task and target: metric
+    mean over seeds, kernel and model sparsity, dense and sparse KiB.
+
+    Returns:
+        Markdown text (a table), or "" when there are no ``dkp`` records.
+    """
+    rows = [
+        r
+        for r in aggregate(records)
+        if r["method"] == "dkp" and r["finetune"] == "plain" and r["target"] is not None
+    ]
+    if not rows:
+        return ""
+    out = [
+        "| task | target (kernels zeroed) | metric | seeds | conv kernels zero | all weights "
+        "zero | dense KiB | sparse KiB |",
+        "|---|---:|---:|---|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        rs = [
+            r
+            for r in records
+            if r["method"] == "dkp"
+            and r["task"] == row["task"]
+            and r.get("target") == row["target"]
+            and r.get("finetune", "plain") == "plain"
+        ]
+
+        def mean(key, rs=rs):
+            vals = [r[key] for r in rs if r.get(key) is not None]
+            return sum(vals) / len(vals) if vals else float("nan")
+
+        out.append(
+            f"| {row['task']} | {100 * row['target']:.0f}% | {_fmt_metric(row)} | "
+            f"{','.join(map(str, row['seeds']))} | "
+            f"{100 * mean('kernel_sparsity_finetuned'):.1f}% | "
+            f"{100 * mean('model_sparsity'):.1f}% | {mean('dense_bytes') / 1024:.0f} | "
+            f"{mean('sparse_bytes') / 1024:.0f} |"
+        )
+    return "\n".join(out) + "\n"
+
+
 def plot(records: Sequence[dict], out_dir: str, suffix: str = "") -> list[str]:
     """One PNG per task: metric vs FLOPs reduction and metric vs params
     reduction, one line per method (plain fine-tuning; bands = 95% t
@@ -533,10 +599,11 @@ def plot(records: Sequence[dict], out_dir: str, suffix: str = "") -> list[str]:
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
         base = [r for r in trows if r["method"] == "baseline"]
         long = [r for r in trows if r["method"] == "baseline_long"]
+        # dkp removes no FLOPs or params as counted (kernels are zeroed): no line
         methods = [
             m
             for m in dict.fromkeys(r["method"] for r in trows)
-            if m not in ("baseline", "baseline_long")
+            if m not in ("baseline", "baseline_long", "dkp")
         ]
         scale = 1.0 if trows[0]["metric_name"] == "mae" else 100.0
         for ax, key, label in (

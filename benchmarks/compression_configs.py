@@ -92,11 +92,11 @@ MODES: dict[str, dict] = {
     "smoke": dict(
         seeds=(0,),
         targets=(0.5,),
-        methods=("baseline", "baseline_long", "acsl", "ns", "l1"),
+        methods=("baseline", "baseline_long", "acsl", "ns", "dcp", "l1"),
         distill=False,
         distill_methods=(),
         export_target=0.5,
-        export_methods=("baseline", "acsl", "ns", "l1"),
+        export_methods=("baseline", "acsl", "ns", "dcp", "l1"),
         export_runs=20,
         tfmot=False,
         budget_options=dict(controller="rate", reach_at=0.6),

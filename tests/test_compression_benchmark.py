@@ -403,3 +403,139 @@ def test_update_docs_per_mode(tmp_path):
     assert "## Results" in bench.read_text()
     with pytest.raises(FileNotFoundError):
         cb.update_docs(str(out), str(readme), str(bench), mode="smoke")
+
+
+# --------------------------------------------------------------------------- DCP / DKP
+
+
+def test_dcp_settings_merge_and_resolve(monkeypatch):
+    from compression_configs import DCP_DEFAULTS
+
+    for mode, mcfg in MODES.items():
+        for task in mcfg["tasks"]:
+            s = cb.dcp_settings(mode, task)
+            assert set(s) == set(DCP_DEFAULTS)
+            cfg = mcfg["tasks"][task]
+            want = (mcfg.get("dcp") or {}).get("aux_epochs") or cfg["sparsity_epochs"]
+            assert s["aux_epochs"] == want
+    # None resolves to the task's sparsity budget; the task's dict wins over the mode's
+    smoke = dict(MODES["smoke"], dcp=dict(n_samples=8))
+    smoke["tasks"] = dict(smoke["tasks"])
+    smoke["tasks"]["counting"] = dict(smoke["tasks"]["counting"], dcp=dict(n_samples=4, steps=0))
+    monkeypatch.setitem(MODES, "smoke", smoke)
+    s = cb.dcp_settings("smoke", "counting")
+    assert s["n_samples"] == 4 and s["steps"] == 0
+    assert s["aux_epochs"] == smoke["tasks"]["counting"]["sparsity_epochs"]
+    assert s["aux_lr"] == smoke["tasks"]["counting"]["sparsity_lr"]
+    assert cb.dcp_settings("smoke", "classification")["n_samples"] == 8
+    assert cb.dcp_cache_stem(s) == "dcp_heads3_e1_lr0.01_w1"
+    smoke["dcp"] = dict(n_sample=8)
+    with pytest.raises(ValueError, match="Unknown DCP settings"):
+        cb.dcp_settings("smoke", "classification")
+    smoke["dcp"] = dict(max_heads=0)
+    with pytest.raises(ValueError, match="max_heads"):
+        cb.dcp_settings("smoke", "classification")
+
+
+def test_dcp_configs():
+    assert METHODS["dcp"]["prune"] == "dcp" and METHODS["dcp"]["sparsity"] is None
+    assert METHODS["dkp"]["prune"] == "dkp"
+    assert "dcp" in MODES["full"]["methods"] and "dcp" in MODES["smoke"]["methods"]
+    assert "dcp" not in MODES["ranked"]["methods"]  # run with --methods dcp
+    for mode in MODES.values():
+        assert "dkp" not in mode.get("distill_methods", ())  # its masks need the plain model
+
+
+def test_calibration_batch_takes_at_most_one_epoch():
+    import types
+
+    import numpy as np
+
+    def batches():
+        i = 0
+        while True:  # a repeated pipeline
+            yield np.full((4, 2), i, np.float32), np.full((4,), i)
+            i += 1
+
+    task = types.SimpleNamespace(train_ds=batches, steps_per_epoch=3, batch_size=4)
+    x, y = cb.calibration_batch(task, 6)
+    assert x.shape == (6, 2) and y.tolist() == [0, 0, 0, 0, 1, 1]
+    x, y = cb.calibration_batch(task, 100)  # capped at one epoch: no repeats
+    assert len(x) == 12 and sorted(set(y.tolist())) == [0, 1, 2]
+
+
+def test_dkp_layers_and_zero_fraction():
+    import numpy as np
+
+    from acsl_tf.models import vgg_small
+
+    model = vgg_small((28, 28, 1), 10, width=0.25)
+    names = cb.dkp_layers(model)
+    assert names and all(model.get_layer(n).__class__.__name__ == "Conv2D" for n in names)
+    k = model.get_layer(names[0]).kernel
+    k.assign(np.zeros(k.shape, np.float32))
+    total = sum(int(np.prod(model.get_layer(n).kernel.shape)) for n in names)
+    assert cb.kernel_zero_fraction(model, names) == pytest.approx(int(np.prod(k.shape)) / total)
+
+
+def test_summary_with_dcp_and_dkp_records():
+    recs = _synthetic() + [
+        _rec("classification", "dcp", 0, 0.84, 0.5, params=450, flops=4900, metric_sparse=0.8),
+        _rec(
+            "classification", "dkp", 0, 0.83, 0.5, kernel_sparsity_finetuned=0.5,
+            model_sparsity=0.45, dense_bytes=4096, sparse_bytes=2048,
+        ),
+    ]
+    md = cb.summary_markdown(recs)
+    assert "| dcp |" in md.splitlines()[6]  # a column of the overview
+    assert "## DKP: kernels zeroed" in md
+    assert "| classification | 50% | 83.0 | 0 | 50.0% | 45.0% | 4 | 2 |" in md
+    assert cb.dkp_markdown(_synthetic()) == ""
+    assert "auxiliary heads" not in cb.summary_markdown(_synthetic())
+
+
+@pytest.mark.slow
+def test_smoke_dcp_classification_and_counting(tmp_path):
+    """``--methods baseline,dcp`` end to end on the tiny classification and
+    counting tasks; then DKP from the same cached heads' fine-tuning."""
+    import math
+
+    out, work = str(tmp_path / "out"), str(tmp_path / "work")
+    argv = ["--mode", "smoke", "--tasks", "classification,counting", "--methods",
+            "baseline,dcp", "--no-export", "--out-dir", out, "--work-dir", work]
+    assert cb.main(argv) == 0
+    recs = {(r["task"], r["method"]): r for r in cb.load_records(out, "smoke")}
+    assert sorted(recs) == [
+        ("classification", "baseline"), ("classification", "dcp"),
+        ("counting", "baseline"), ("counting", "dcp"),
+    ]
+    for task in ("classification", "counting"):
+        base, r = recs[task, "baseline"], recs[task, "dcp"]
+        assert r["target"] == 0.5 and r["criterion"] == "dcp" and r["finetune"] == "plain"
+        # uniform keep fraction: at least the target, a coarse step above it at tiny widths
+        assert 0.5 - 1e-6 <= r["flops_reduction"] <= 0.65
+        assert r["params"] < base["params"] and r["flops"] < base["flops"]
+        for key in ("metric", "metric_pruned", "metric_sparse"):
+            assert math.isfinite(r[key])
+            if task == "classification":
+                assert 0.0 <= r[key] <= 1.0
+            else:
+                assert r[key] >= 0.0
+        assert r["aux_points"] and r["seconds_select"] > 0
+        assert all(0 < kept < size for _, size, kept in r["widths"])
+        assert r["dcp"] == cb.dcp_settings("smoke", task)
+    assert recs["counting", "dcp"]["metric_name"] == "mae"
+    assert len(recs["counting", "dcp"]["aux_points"]) == 3  # pixel heads at 3 stage boundaries
+    # DKP starts from the same cached fine-tuning with the heads
+    n = cb.run_task_seed(
+        "classification", 0, mode="smoke", methods=("dkp",), targets=[0.5],
+        out_dir=out, work_dir=work, export=False,
+    )
+    assert n == 1
+    dkp = next(r for r in cb.load_records(out, "smoke") if r["method"] == "dkp")
+    assert dkp["metric_sparse"] == recs["classification", "dcp"]["metric_sparse"]
+    assert dkp["params"] == recs["classification", "baseline"]["params"]
+    assert dkp["flops_reduction"] == 0.0
+    assert dkp["kernel_sparsity"] == pytest.approx(0.5, abs=0.02)
+    assert dkp["kernel_sparsity_finetuned"] == pytest.approx(dkp["kernel_sparsity"])
+    assert dkp["sparse_bytes"] < dkp["dense_bytes"]
