@@ -62,6 +62,7 @@ __all__ = [
     "SIZES",
     "TASKS",
     "Task",
+    "compress",
     "evaluate",
     "export_and_measure",
     "finetune",
@@ -850,6 +851,114 @@ def _progress(total, desc, enabled):
     except ImportError:
         return _NoBar()
     return tqdm(total=total, desc=desc, file=sys.stderr, leave=False)
+
+
+def compress(
+    model: keras.Model,
+    task: Task,
+    *,
+    targets: Sequence[float],
+    method: str = "acsl",
+    per_target: bool = True,
+    sparsity_epochs: int = 3,
+    finetune_epochs: int = 2,
+    criterion: str | None = None,
+    penalty: float = 1e-3,
+    lr: float = 0.05,
+    finetune_lr: float = 1e-3,
+    teacher: keras.Model | None = None,
+    verbose: int = 0,
+    budget_options: dict | None = None,
+    **acsl_options,
+) -> dict[float, dict]:
+    """Sparsity-train, prune and fine-tune ``model`` for each FLOPs target.
+
+    With ``per_target=True`` (the default) sparsity training is aimed at each
+    target separately: one sparsity-trained model per target, whose budget
+    controller steers the removable FLOPs to that target. That is what a
+    deployment with one budget wants; it costs ``sparsity_epochs`` per target.
+    With ``per_target=False`` one sparsity-trained model, aimed at the most
+    aggressive target, is pruned to every target (as Network Slimming does).
+
+    Args:
+        model: The trained, unpruned model (not modified).
+        task: A :class:`Task`.
+        targets: FLOPs fractions to remove, each in (0, 1).
+        method: ``"acsl"``, ``"ns"`` or ``"cap"`` (see :func:`sparsity_train`).
+        per_target: One sparsity training per target (True) or one for all.
+        sparsity_epochs: Epochs of each sparsity training.
+        finetune_epochs: Fine-tuning epochs after pruning (0: none).
+        criterion: The :func:`prune` criterion (default: ``"cap"`` for
+            ``method="cap"``, else ``"gamma"``).
+        penalty: Base L1 strength of :func:`sparsity_train`.
+        lr: SGD learning rate of sparsity training.
+        finetune_lr: Fine-tuning learning rate.
+        teacher: Distil from this model during fine-tuning (e.g. ``model``).
+        verbose: Keras verbosity.
+        budget_options: Passed to :func:`sparsity_train`.
+        **acsl_options: Passed to :func:`sparsity_train`.
+
+    Returns:
+        ``{target: {"model": pruned model, "metric_sparse": ..., "metric_pruned":
+        ..., "metric": ..., "params": ..., "flops": ..., "sparsity_target": ...}}``
+        in the order of ``targets``.
+
+    Raises:
+        ValueError: Empty, repeated or out-of-range ``targets``, or invalid
+            options of the steps.
+
+    Example:
+    ```python
+    out = compress(base, task, targets=(0.5, 0.85), method="acsl")
+    small = out[0.5]["model"]
+    ```
+    """
+    try:
+        ts = [float(t) for t in targets]
+    except (TypeError, ValueError) as e:
+        raise ValueError(
+            f"`targets` must be a sequence of FLOPs fractions in (0, 1). Received: targets={targets!r}"
+        ) from e
+    if not ts or len(set(ts)) != len(ts) or not all(0.0 < t < 1.0 for t in ts):
+        raise ValueError(
+            "`targets` must be distinct FLOPs fractions in (0, 1), at least one. "
+            f"Received: targets={targets!r}"
+        )
+    if criterion is None:
+        criterion = "cap" if method == "cap" else "gamma"
+    sparse: dict[float, tuple] = {}
+    out: dict[float, dict] = {}
+    for t in ts:
+        aim = t if per_target else max(ts)
+        if aim not in sparse:
+            wrapped = sparsity_train(
+                model,
+                task,
+                epochs=sparsity_epochs,
+                method=method,
+                target_flops=aim,
+                penalty=penalty,
+                lr=lr,
+                verbose=verbose,
+                budget_options=budget_options,
+                **acsl_options,
+            )
+            sparse[aim] = (wrapped, evaluate(wrapped, task))
+        wrapped, metric_sparse = sparse[aim]
+        small = prune(wrapped, target_flops=t, criterion=criterion)
+        metric_pruned = evaluate(small, task)
+        finetune(small, task, finetune_epochs, teacher=teacher, lr=finetune_lr, verbose=verbose)
+        row = record(small, task)
+        out[t] = dict(
+            model=small,
+            sparsity_target=aim,
+            metric_sparse=metric_sparse,
+            metric_pruned=metric_pruned,
+            metric=row["metric"],
+            params=row["params"],
+            flops=row["flops"],
+        )
+    return out
 
 
 def record(

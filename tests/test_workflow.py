@@ -157,3 +157,33 @@ def test_segmentation_task_with_coarse_classes():
     assert int(task.y_val.max()) <= 4
     with pytest.raises(ValueError, match="classes"):
         wf.make_task("segmentation", size="tiny", classes="medium")
+
+
+@needs_data
+def test_compress_per_target_and_shared(tasks, monkeypatch):
+    task = tasks["classification"]
+    base = task.build_model()
+    wf.train(base, task, 1, verbose=0)
+    aims = []
+    real = wf.sparsity_train
+
+    def spy(model, task, **kw):
+        aims.append(kw["target_flops"])
+        return real(model, task, **kw)
+
+    monkeypatch.setattr(wf, "sparsity_train", spy)
+    base_flops = wf.record(base, task)["flops"]
+    out = wf.compress(base, task, targets=(0.3, 0.5), sparsity_epochs=1, finetune_epochs=0)
+    assert aims == [0.3, 0.5] and list(out) == [0.3, 0.5]
+    for t, row in out.items():
+        assert row["sparsity_target"] == t
+        assert row["flops"] <= (1 - t) * base_flops * 1.02
+        assert 0.0 <= row["metric"] <= 1.0 and 0.0 <= row["metric_pruned"] <= 1.0
+        assert row["model"].count_params() == row["params"]
+    aims.clear()
+    shared = wf.compress(base, task, targets=(0.3, 0.5), per_target=False, method="ns",
+                         sparsity_epochs=1, finetune_epochs=0)
+    assert aims == [0.5] and {r["sparsity_target"] for r in shared.values()} == {0.5}
+    for bad in ((), (0.5, 0.5), (1.2,), "x"):
+        with pytest.raises(ValueError, match="targets"):
+            wf.compress(base, task, targets=bad)
