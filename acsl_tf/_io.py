@@ -19,6 +19,8 @@ import signal
 import tempfile
 import threading
 
+from acsl_tf import _validation
+
 TMP_PREFIX = ".tmp-acsl_tf-"
 EXPORT_TMP_PREFIX = "acsl_tf-export-"
 
@@ -79,11 +81,7 @@ def check_writable(path, *, overwrite: bool = False, argname: str = "path") -> s
         FileNotFoundError / PermissionError: the parent directory is missing or
             not writable.
     """
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"`{argname}` must be a str or os.PathLike. Received: {argname}={path!r}")
-    path = os.fspath(path)
-    if not isinstance(path, str):
-        path = os.fsdecode(path)
+    path = _validation.path(path, argname)
     if not path.strip():
         raise ValueError(
             f"`{argname}` is empty. Pass the file to write, e.g. 'model.tflite'. "

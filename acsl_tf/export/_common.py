@@ -175,12 +175,6 @@ def check_labels(labels, num_samples):
     return y[:num_samples]
 
 
-def fspath(path, argname="path"):
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"`{argname}` must be a str or os.PathLike. Received: {argname}={path!r}")
-    return os.fspath(path)
-
-
 def keras_outputs(model, x, batch_size=32):
     """Run the Keras model in inference mode; returns a list of NumPy arrays
     (one per output, in ``keras.tree.flatten`` order)."""

@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 
+from acsl_tf import _validation
 from acsl_tf.export import tflite as _tflite
 
 
@@ -78,9 +79,11 @@ class LatencyComparison:
         )
 
 
-def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}. Received: {name}={value!r}")
+def _check_counts(**minimums):
+    """``name=(value, minimum)``: integers >= minimum. A wrong type is a
+    ValueError too, as these functions have always raised."""
+    for name, (value, minimum) in minimums.items():
+        _validation.integer(value, name, minimum=minimum, type_error=ValueError)
 
 
 class _Runner:
@@ -145,9 +148,7 @@ def benchmark_tflite(
     print(stats.median_ms)
     ```
     """
-    _check_int("threads", threads, 1)
-    _check_int("runs", runs, 1)
-    _check_int("warmup", warmup, 0)
+    _check_counts(threads=(threads, 1), runs=(runs, 1), warmup=(warmup, 0))
     runner = _Runner(path_or_bytes, threads)
     runner(warmup)
     return LatencyStats.from_times(runner(runs), threads)
@@ -188,10 +189,7 @@ def compare_tflite(
     print(f"{cmp.speedup:.2f}x faster")
     ```
     """
-    _check_int("threads", threads, 1)
-    _check_int("runs", runs, 1)
-    _check_int("rounds", rounds, 1)
-    _check_int("warmup", warmup, 0)
+    _check_counts(threads=(threads, 1), runs=(runs, 1), rounds=(rounds, 1), warmup=(warmup, 0))
     ra = _Runner(path_a, threads)
     rb = _Runner(path_b, threads)
     ra(warmup)

@@ -7,7 +7,7 @@ import os
 import re
 import typing
 
-from acsl_tf import _io
+from acsl_tf import _io, _validation
 from acsl_tf.export import tflite as _tflite
 
 _CPP_KEYWORDS = frozenset(
@@ -181,12 +181,13 @@ def to_c_source(
             f"digit; not a keyword). Received: name={name!r}"
         )
     content = _tflite._read_tflite(tflite_path_or_bytes)
-    if not isinstance(out_dir, (str, os.PathLike)) or not os.fspath(out_dir):
-        raise ValueError(
-            "`out_dir` must be a directory path (str or os.PathLike), e.g. 'firmware/src'. "
-            f"Received: out_dir={out_dir!r}"
-        )
-    out_dir = os.fspath(out_dir)
+    out_dir = _validation.path(
+        out_dir,
+        "out_dir",
+        allow_empty=False,
+        type_error=ValueError,
+        expected="a directory path (str or os.PathLike), e.g. 'firmware/src'",
+    )
     if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
         raise NotADirectoryError(
             "`out_dir` exists and is not a directory. Pass a directory to write "

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from acsl_tf import _io
+from acsl_tf import _io, _validation
 from acsl_tf.export import _common
 from acsl_tf.export._report import DEFAULT_TOLERANCES, ExportReport, ParityError, TensorInfo
 from acsl_tf.export._report import compare_outputs as _compare_outputs
@@ -89,14 +89,12 @@ def to_onnx(
     print(report.max_abs_error)
     ```
     """
-    if isinstance(opset, bool) or not isinstance(opset, int) or opset < 7:
-        raise ValueError(f"`opset` must be an integer >= 7. Received: opset={opset!r}")
-    if not isinstance(num_verify_samples, int) or num_verify_samples < 1:
-        raise ValueError(
-            "`num_verify_samples` must be a positive integer. "
-            f"Received: num_verify_samples={num_verify_samples!r}"
-        )
-    path = _io.check_writable(_common.fspath(path), overwrite=overwrite)
+    # A wrong type is a ValueError too, as to_onnx has always raised.
+    opset = _validation.integer(opset, "opset", minimum=7, type_error=ValueError)
+    num_verify_samples = _validation.positive_int(
+        num_verify_samples, "num_verify_samples", type_error=ValueError
+    )
+    path = _io.check_writable(path, overwrite=overwrite)
     keras_name, input_shape, _ = _common.input_spec(model)
     tf2onnx = _common.require("tf2onnx", "ONNX export")
     if verify:
@@ -113,11 +111,11 @@ def to_onnx(
     if labels is not None:
         _common.check_labels(labels, len(samples))
     name = input_name or keras_name or "input"
-    tol = DEFAULT_TOLERANCES["onnx"] if tolerance is None else float(tolerance)
-    if not tol >= 0:
-        raise ValueError(
-            f"`tolerance` must be a non-negative number. Received: tolerance={tolerance!r}"
-        )
+    tol = (
+        DEFAULT_TOLERANCES["onnx"]
+        if tolerance is None
+        else _validation.non_negative(tolerance, "tolerance")
+    )
 
     import tensorflow as tf
 

@@ -9,7 +9,7 @@ import warnings
 
 import numpy as np
 
-from acsl_tf import _io
+from acsl_tf import _io, _validation
 from acsl_tf.export import _batchnorm_check, _common
 from acsl_tf.export._report import DEFAULT_TOLERANCES, ExportReport, ParityError, TensorInfo
 from acsl_tf.export._report import compare_outputs as _compare_outputs
@@ -410,21 +410,16 @@ def to_tflite(
     assert report.inputs[0].dtype == "int8"
     ```
     """
-    if quantization not in QUANTIZATION_MODES:
-        raise ValueError(
-            f"`quantization` must be one of {QUANTIZATION_MODES}. "
-            f"Received: quantization={quantization!r}"
-        )
-    for argname, value in (
-        ("num_verify_samples", num_verify_samples),
-        ("num_calibration_samples", num_calibration_samples),
-        ("threads", threads),
-    ):
-        if not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(
-                f"`{argname}` must be a positive integer. Received: {argname}={value!r}"
-            )
-    path = _io.check_writable(_common.fspath(path), overwrite=overwrite)
+    _validation.choice(quantization, "quantization", QUANTIZATION_MODES)
+    # A wrong type is a ValueError too, as to_tflite has always raised.
+    num_verify_samples = _validation.positive_int(
+        num_verify_samples, "num_verify_samples", type_error=ValueError
+    )
+    num_calibration_samples = _validation.positive_int(
+        num_calibration_samples, "num_calibration_samples", type_error=ValueError
+    )
+    threads = _validation.positive_int(threads, "threads", type_error=ValueError)
+    path = _io.check_writable(path, overwrite=overwrite)
     input_name, input_shape, _ = _common.input_spec(model)
     if quantization == "int8" and representative_data is None:
         raise ValueError(
@@ -449,11 +444,11 @@ def to_tflite(
         )
     if labels is not None:
         _common.check_labels(labels, min(len(samples), num_verify_samples))
-    tol = DEFAULT_TOLERANCES[quantization] if tolerance is None else float(tolerance)
-    if not tol >= 0:
-        raise ValueError(
-            f"`tolerance` must be a non-negative number. Received: tolerance={tolerance!r}"
-        )
+    tol = (
+        DEFAULT_TOLERANCES[quantization]
+        if tolerance is None
+        else _validation.non_negative(tolerance, "tolerance")
+    )
 
     bn_check = None
     if check_batchnorm and samples is not None:

@@ -14,6 +14,7 @@ try:  # Keras' own console output (absl logging when interactive logging is off)
 except ImportError:  # pragma: no cover - private module moved
     _print_msg = print
 
+from acsl_tf import _validation
 from acsl_tf.sparsity.api import get_wrappers
 from acsl_tf.sparsity.wrapper import CONTROLLER_STATE_SIZE
 
@@ -26,26 +27,6 @@ def _wrappers_or_raise(model, who):
             f"{getattr(model, 'name', model)!r} has no PruneLowCorrelation units."
         )
     return wrappers
-
-
-def _number(name, value, *, lo=None, hi=None, lo_open=False, hi_open=False):
-    """A finite float in the given range: TypeError for a non-number,
-    ValueError for a bad value, both ending in ``Received: name=value``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"`{name}` must be a number. Received: {name}={value!r}")
-    value = float(value)
-    bad = not math.isfinite(value)
-    if not bad and lo is not None:
-        bad = value <= lo if lo_open else value < lo
-    if not bad and hi is not None:
-        bad = value >= hi if hi_open else value > hi
-    if bad:
-        lo_s = "(-inf" if lo is None else ("(" if lo_open else "[") + f"{lo:g}"
-        hi_s = "inf)" if hi is None else f"{hi:g}" + (")" if hi_open else "]")
-        raise ValueError(
-            f"`{name}` must be a finite number in {lo_s}, {hi_s}. Received: {name}={value!r}"
-        )
-    return value
 
 
 def _print(callback, message):
@@ -243,40 +224,20 @@ class BudgetStrength(_PenaltyLogs, keras.callbacks.Callback):
             )
         for name, v in (("target_flops", target_flops), ("target_params", target_params)):
             if v is not None:
-                _number(name, v, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
-        self.threshold = _number("threshold", threshold, lo=0.0, lo_open=True)
-        self.factor = _number("factor", factor, lo=1.0, lo_open=True)
-        self.tolerance = _number("tolerance", tolerance, lo=0.0, hi=1.0, hi_open=True)
-        self.max_scale = _number("max_scale", max_scale, lo=0.0, lo_open=True)
-        self.reach_at = _number("reach_at", reach_at, lo=0.0, hi=1.0, lo_open=True)
-        self.protect = _number("protect", protect, lo=0.0)
-        if not isinstance(controller, str):
-            raise TypeError(
-                f'`controller` must be the string "rate" or "epoch". '
-                f"Received: controller={controller!r}"
-            )
-        if controller not in ("rate", "epoch"):
-            raise ValueError(
-                f'`controller` must be "rate" or "epoch". Received: controller={controller!r}'
-            )
+                _validation.fraction(v, name, low_open=True)
+        self.threshold = _validation.positive(threshold, "threshold")
+        self.factor = _validation.number(factor, "factor", low=1.0, low_open=True)
+        self.tolerance = _validation.fraction(tolerance, "tolerance")
+        self.max_scale = _validation.positive(max_scale, "max_scale")
+        self.reach_at = _validation.fraction(reach_at, "reach_at", low_open=True, high_open=False)
+        self.protect = _validation.non_negative(protect, "protect")
+        _validation.choice(controller, "controller", ("rate", "epoch"), kind=str)
+        every = '"auto" or an integer number of steps >= 1'
         if isinstance(update_every, str):
-            if update_every != "auto":
-                raise ValueError(
-                    '`update_every` must be "auto" or a positive number of steps. '
-                    f"Received: update_every={update_every!r}"
-                )
-        elif isinstance(update_every, bool) or not isinstance(update_every, (int, np.integer)):
-            raise TypeError(
-                '`update_every` must be "auto" or an integer number of steps. '
-                f"Received: update_every={update_every!r}"
-            )
-        elif update_every < 1:
-            raise ValueError(
-                '`update_every` must be "auto" or a positive number of steps. '
-                f"Received: update_every={update_every!r}"
-            )
-        if isinstance(verbose, bool) or not isinstance(verbose, (int, np.integer)):
-            raise TypeError(f"`verbose` must be 0 or 1. Received: verbose={verbose!r}")
+            _validation.choice(update_every, "update_every", ("auto",), expected=every)
+        else:
+            _validation.integer(update_every, "update_every", minimum=1, expected=every)
+        verbose = _validation.integer(verbose, "verbose", minimum=0)
         self.target_flops = None if target_flops is None else float(target_flops)
         self.target_params = None if target_params is None else float(target_params)
         self.controller = controller
@@ -685,9 +646,13 @@ class SparsityTensorBoard(keras.callbacks.Callback):
     Args:
         log_dir: directory of the event files (e.g. the same one as
             ``keras.callbacks.TensorBoard``).
-        threshold: |gamma| threshold of the sparsity figures.
+        threshold: |gamma| threshold of the sparsity figures (> 0).
         affinity_images: also write the affinity heat maps.
-        max_images: write heat maps of at most this many units.
+        max_images: write heat maps of at most this many units (>= 0).
+
+    Raises:
+        TypeError: an argument of the wrong type.
+        ValueError: an argument out of range, or an empty ``log_dir``.
     """
 
     def __init__(
@@ -699,12 +664,10 @@ class SparsityTensorBoard(keras.callbacks.Callback):
         max_images: int = 16,
     ):
         super().__init__()
-        if not threshold > 0:
-            raise ValueError(f"`threshold` must be > 0. Received: threshold={threshold}")
-        self.log_dir = str(log_dir)
-        self.threshold = float(threshold)
-        self.affinity_images = affinity_images
-        self.max_images = int(max_images)
+        self.log_dir = _validation.path(log_dir, "log_dir", allow_empty=False)
+        self.threshold = _validation.positive(threshold, "threshold")
+        self.affinity_images = bool(affinity_images)
+        self.max_images = _validation.integer(max_images, "max_images", minimum=0)
         self._writer = None
 
     def on_train_begin(self, logs=None):

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import keras
-import numpy as np
 from keras import ops
 
+from acsl_tf import _validation
 from acsl_tf._keras import register
 from acsl_tf.sparsity import affinity as affinity_lib
 from acsl_tf.sparsity import schedules as schedules_lib
@@ -48,25 +47,6 @@ _LEGACY_WEIGHTS = 5
 def _optimizer_name(optimizer):
     inner = getattr(optimizer, "inner_optimizer", None)  # LossScaleOptimizer
     return type(inner if inner is not None else optimizer).__name__
-
-
-def _check_float(name, value, lo=None, hi=None, lo_open=False, hi_open=False):
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"`{name}` must be a number. Received: {name}={value!r}")
-    value = float(value)
-    bad = not math.isfinite(value)
-    if lo is not None:
-        bad |= value <= lo if lo_open else value < lo
-    if hi is not None:
-        bad |= value >= hi if hi_open else value > hi
-    if bad:
-        lo_s = "" if lo is None else ("(" if lo_open else "[") + f"{lo}"
-        hi_s = "" if hi is None else f"{hi}" + (")" if hi_open else "]")
-        raise ValueError(
-            f"`{name}` must be a finite number in {lo_s or '(-inf'}, {hi_s or 'inf)'}. "
-            f"Received: {name}={value}"
-        )
-    return value
 
 
 @register
@@ -166,18 +146,10 @@ class PruneLowCorrelation(keras.layers.Wrapper):
         kwargs.setdefault("name", f"acsl_{layer.name}")
         kwargs.setdefault("dtype", layer.dtype_policy)
         super().__init__(layer, **kwargs)
-        self.penalty = _check_float("penalty", penalty, lo=0.0)
-        if affinity not in affinity_lib.AFFINITIES:
-            raise ValueError(
-                f"`affinity` must be one of {affinity_lib.AFFINITIES}. Received: affinity={affinity!r}"
-            )
-        if direction not in affinity_lib.DIRECTIONS:
-            raise ValueError(
-                f"`direction` must be one of {affinity_lib.DIRECTIONS}. "
-                f"Received: direction={direction!r}"
-            )
-        if method not in METHODS:
-            raise ValueError(f"`method` must be one of {METHODS}. Received: method={method!r}")
+        self.penalty = _validation.non_negative(penalty, "penalty")
+        _validation.choice(affinity, "affinity", affinity_lib.AFFINITIES)
+        _validation.choice(direction, "direction", affinity_lib.DIRECTIONS)
+        _validation.choice(method, "method", METHODS)
         if method == "cap" and direction != "uniform":
             raise ValueError(
                 "method='cap' trains with a uniform penalty; use direction='uniform' with it "
@@ -186,16 +158,12 @@ class PruneLowCorrelation(keras.layers.Wrapper):
         self.affinity_kind = affinity
         self.direction = direction
         self.method = method
-        self.temperature = _check_float("temperature", temperature, lo=0.0, lo_open=True)
-        self.momentum = _check_float("momentum", momentum, lo=0.0, hi=1.0, hi_open=True)
-        if isinstance(update_every, bool) or not isinstance(update_every, int) or update_every < 1:
-            raise ValueError(
-                f"`update_every` must be an integer >= 1. Received: update_every={update_every!r}"
-            )
-        self.update_every = int(update_every)
-        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-            raise ValueError(f"`warmup` must be an integer >= 0. Received: warmup={warmup!r}")
-        self.warmup = int(warmup)
+        self.temperature = _validation.positive(temperature, "temperature")
+        self.momentum = _validation.fraction(momentum, "momentum")
+        self.update_every = _validation.positive_int(
+            update_every, "update_every", type_error=ValueError
+        )
+        self.warmup = _validation.integer(warmup, "warmup", minimum=0, type_error=ValueError)
         if clip is not None:
             if (
                 not isinstance(clip, (tuple, list))
@@ -208,13 +176,11 @@ class PruneLowCorrelation(keras.layers.Wrapper):
             clip = (float(clip[0]), float(clip[1]))
         self.clip = clip
         self.center = bool(center)
-        self.attention_scale = _check_float(
-            "attention_scale", attention_scale, lo=0.0, lo_open=True
-        )
+        self.attention_scale = _validation.positive(attention_scale, "attention_scale")
         self.schedule = schedules_lib.get(schedule)
         for name, value in (("target_flops", target_flops), ("target_params", target_params)):
             if value is not None:
-                _check_float(name, value, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+                _validation.fraction(value, name, low_open=True)
         self.target_flops = None if target_flops is None else float(target_flops)
         self.target_params = None if target_params is None else float(target_params)
         self.feature_activation = feature_activation
@@ -228,8 +194,8 @@ class PruneLowCorrelation(keras.layers.Wrapper):
                 )
             self._feature_act = act
         if moving_stats_momentum is not None:
-            moving_stats_momentum = _check_float(
-                "moving_stats_momentum", moving_stats_momentum, lo=0.0, hi=1.0, hi_open=True
+            moving_stats_momentum = _validation.fraction(
+                moving_stats_momentum, "moving_stats_momentum"
             )
         self.moving_stats_momentum = moving_stats_momentum
         self.regularizer = CorrelationSparsity(self.penalty)
