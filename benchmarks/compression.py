@@ -865,6 +865,7 @@ def prune_dcp(kind: str, model, heads, x, y, target: float, settings: dict):
     fields.update(
         dcp=dict(settings),
         aux_points=list(heads.points),
+        refits_rejected=sum(s.rejected for s in res.layers),
         seconds_select=round(time.time() - t0, 1),
     )
     return small, fields, callbacks
