@@ -198,7 +198,7 @@ def apply_plan(
     notes = list(_fold.handler_fold_note(graph, keep, conditional=not fold_removed))
     pr = None
     folds: dict = {}
-    if keep:
+    if keep and (fold_removed or verify):  # the reference run feeds the folds and the check
         pr = _fold.probe(graph, keep)
         if fold_removed:
             raw, fold_notes = _fold.fold_plan(graph, keep, pr)
@@ -212,7 +212,7 @@ def apply_plan(
     err = rel = 0.0
     if pr is not None and verify:
         err, rel = _fold.measure(new, pr)
-    elif pr is not None:
+    elif keep:
         err = rel = float("nan")
     exact = bool(rel <= _fold.EXACT_RTOL) if np.isfinite(rel) else False
     if pr is not None and verify and not exact:
@@ -285,31 +285,27 @@ def _rebuild(graph: DependencyGraph, keep: dict, folds: dict):
         new_inputs.append(x)
         tensors[k] = x
     new_ops: dict = {}
-    pending = []
     for call in tr.calls:
         op = call.op
         new = new_ops.get(id(op))
-        if new is None:
-            new = _rebuild_op(graph, call, keep, pending, folds)
+        first = new is None
+        if first:
+            new, ws, values = _rebuild_op(graph, call, keep, folds)
             new_ops[id(op)] = new
         fill = {id(kt): tensors[k] for kt, k in zip(call.node.input_tensors, call.in_keys)}
         args, kwargs = _keras.call_arguments(call.node, fill)
-        out = new(*args, **kwargs)
+        try:
+            out = new(*args, **kwargs)  # the first call builds the layer
+        finally:
+            created = first and values is not None and values.release()
+        if first and ws and not created:
+            new.set_weights(ws)
         for k, t in zip(call.out_keys, keras.tree.flatten(out)):
             tensors[k] = t
     outs = [tensors[k] for k in tr.output_keys]
     ins = _pack(_keras.inputs_struct(model), new_inputs)
     outputs = _pack(_keras.outputs_struct(model), outs)
-    result = keras.Model(ins, outputs, name=model.name)
-    for layer, ws, saved in pending:
-        if saved is None:
-            layer.set_weights(ws)
-            continue
-        for attr, init in saved.items():
-            setattr(layer, attr, init)
-        if not all(np.array_equal(np.asarray(v), w) for v, w in zip(layer.weights, ws)):
-            layer.set_weights(ws)
-    return result
+    return keras.Model(ins, outputs, name=model.name)
 
 
 def _pack(struct, flat):
@@ -322,8 +318,7 @@ def _pack(struct, flat):
 
 
 class _ValueInit:
-    """Initializer returning a fixed array (weights are created with their
-    final values: one op per variable instead of init + assign)."""
+    """Initializer returning a fixed array (a copy in the requested dtype)."""
 
     def __init__(self, value):
         self.value = value
@@ -334,29 +329,84 @@ class _ValueInit:
         return self.value.astype(dtype or self.value.dtype)
 
 
-_INIT_ATTR = {
-    "depthwise_kernel": "depthwise_initializer",
-    "pointwise_kernel": "pointwise_initializer",
-}
+def _weight_name(variable) -> str:
+    return variable.name.split("/")[-1]
 
 
-def _preset_initializers(orig, new, ws):
-    names = [v.name for v in orig.weights]
-    if len(names) != len(ws) or len(set(names)) != len(names):
+def _shape_tuple(shape):
+    try:
+        return tuple(int(d) for d in shape)
+    except (TypeError, ValueError):
         return None
-    attrs = [_INIT_ATTR.get(n, f"{n}_initializer") for n in names]
-    if not all(hasattr(new, a) for a in attrs):
+
+
+class _WeightValues:
+    """Creates a new layer's weights directly with their final values.
+
+    While the layer builds, ``add_weight`` of this one layer object is
+    intercepted: a weight named like one of the original layer's weights,
+    with the same shape, is created with that value as its initializer. No
+    random initial values are drawn and nothing is assigned or read back
+    afterwards. :meth:`release` ends the interception and says whether every
+    weight was created this way; otherwise the caller assigns the weights.
+    """
+
+    def __init__(self, layer, names, ws):
+        self.layer = layer
+        self.names = names
+        self.shapes = [tuple(np.shape(w)) for w in ws]
+        self.values = {n: np.asarray(w) for n, w in zip(names, ws)}
+        self.used: set = set()
+        self._add_weight = type(layer).add_weight.__get__(layer)
+        object.__setattr__(layer, "add_weight", self.add_weight)
+
+    def add_weight(self, *args, **kwargs):
+        name = kwargs.get("name")
+        value = self.values.get(name) if isinstance(name, str) else None
+        shape = kwargs.get("shape", args[0] if args else None)
+        if (
+            value is not None
+            and name not in self.used
+            and len(args) <= 1  # the legacy positional form may carry an initializer
+            and shape is not None
+            and _shape_tuple(shape) == value.shape
+        ):
+            kwargs["initializer"] = _ValueInit(value)
+            self.used.add(name)
+        return self._add_weight(*args, **kwargs)
+
+    def release(self) -> bool:
+        """Stop intercepting. True when the built layer holds exactly the
+        original weights, in order, each created from its value."""
+        if "add_weight" in self.layer.__dict__:
+            object.__delattr__(self.layer, "add_weight")
+        weights = self.layer.weights
+        return (
+            self.used == set(self.names)
+            and [_weight_name(v) for v in weights] == self.names
+            and [tuple(v.shape) for v in weights] == self.shapes
+        )
+
+
+def _values_for(orig, new, ws):
+    """A :class:`_WeightValues` for a Keras layer whose weights are its own
+    (uniquely named ones, as in the original layer), else None."""
+    if not ws or not type(orig).__module__.startswith("keras.") or len(ws) != len(orig.weights):
         return None
-    saved = {a: getattr(new, a) for a in attrs}
-    for a, w in zip(attrs, ws):
-        setattr(new, a, _ValueInit(np.asarray(w)))
-    return saved
+    if type(new).add_weight is not keras.layers.Layer.add_weight:
+        return None
+    names = [_weight_name(v) for v in orig.weights]
+    if len(set(names)) != len(names):
+        return None
+    return _WeightValues(new, names, ws)
 
 
-def _rebuild_op(graph, call, keep, pending, folds):
+def _rebuild_op(graph, call, keep, folds):
+    """``(new op, weights, _WeightValues or None)`` of the thin copy of
+    ``call.op``; weights is None for raw ``keras.ops``."""
     op = call.op
     if not isinstance(op, keras.layers.Layer):
-        return op.__class__.from_config(op.get_config())
+        return op.__class__.from_config(op.get_config()), None, None
     h = graph.handler(op)
     in_maps = graph.call_in_maps[call.index]
     out_maps = graph.call_out_maps[call.index]
@@ -380,11 +430,7 @@ def _rebuild_op(graph, call, keep, pending, folds):
         i = len(ws) - 2  # moving_mean (then moving_variance) close the BN's weights
         ws[i] = (ws[i] - d).astype(ws[i].dtype)
     new = _keras.clone_layer(op, cfg)
-    saved = None
-    if type(op).__module__.startswith("keras.") and len(ws) == len(op.weights):
-        saved = _preset_initializers(op, new, ws)
-    pending.append((new, ws, saved))
-    return new
+    return new, ws, _values_for(op, new, ws)
 
 
 def _fold_into_bias(cfg, ws, delta, out_keep):

@@ -139,6 +139,30 @@ def probe(graph, keep: dict, *, batch: int = 2, seed: int = 0) -> Probe:
     return Probe(inputs, values, [np.asarray(values[k]) for k in tr.output_keys])
 
 
+class _RemovedStats:
+    """Per-channel mean and spread of the removed features of one probed
+    tensor, in float64.
+
+    Equal, bit for bit, to ``v.astype(float64).mean(axis=0)`` and
+    ``abs(v - mean).max()`` of the ``(pixels, removed)`` matrix ``v``, without
+    its float64 copies: the mean accumulates in float64 in the same order, and
+    rounding is monotonic, so the largest ``abs(v - mean)`` of a column sits at
+    its largest or smallest value.
+    """
+
+    def __init__(self, value, removed):
+        v = np.asarray(value).reshape(-1, removed.shape[0])[:, removed]
+        if v.shape[0] == 0 or v.shape[1] == 0:  # nothing to reduce: NumPy's own answers
+            v = v.astype(np.float64)
+            self.mean = v.mean(axis=0)
+            self.spread = float(np.abs(v - self.mean).max()) if v.size else 0.0
+            return
+        self.mean = np.mean(v, axis=0, dtype=np.float64)
+        hi = v.max(axis=0).astype(np.float64) - self.mean
+        lo = self.mean - v.min(axis=0).astype(np.float64)
+        self.spread = float(np.maximum(hi, lo).max())
+
+
 def fold_plan(graph, keep: dict, pr: Probe) -> tuple[dict, list]:
     """Corrections for the consumers of removed channels.
 
@@ -156,6 +180,7 @@ def fold_plan(graph, keep: dict, pr: Probe) -> tuple[dict, list]:
         ncalls[id(c.op)] = ncalls.get(id(c.op), 0) + 1
         for k in c.in_keys:
             readers_of.setdefault(k, []).append(c)
+    stats: dict = {}  # (tensor key, removed mask) -> _RemovedStats, shared by its readers
     for call in tr.calls:
         h = graph.handler(call.op)
         if h is None or not isinstance(call.op, keras.layers.Layer):
@@ -166,13 +191,17 @@ def fold_plan(graph, keep: dict, pr: Probe) -> tuple[dict, list]:
         ik = graph.keep_features(m, keep)
         if ik is None:
             continue
+        if type(h).fold is _h.LayerHandler.fold and h.coverage_kind(graph, call) != "producer":
+            continue  # an element-wise layer carries the removal on: nothing to fold or report
         n_feat = graph.size(m)
         removed = np.ones(n_feat, bool)
         removed[ik] = False
-        v = np.asarray(pr.values[call.in_keys[0]]).reshape(-1, n_feat)[:, removed]
-        v = v.astype(np.float64)
+        skey = (call.in_keys[0], removed.tobytes())
+        st = stats.get(skey)
+        if st is None:
+            st = stats[skey] = _RemovedStats(pr.values[call.in_keys[0]], removed)
         consts = np.zeros(n_feat)
-        consts[removed] = v.mean(axis=0)
+        consts[removed] = st.mean
         res = h.fold(call.op, consts, removed)
         if res is None:
             # Only a consumer (a layer that opens new channels) drops the
@@ -185,7 +214,7 @@ def fold_plan(graph, keep: dict, pr: Probe) -> tuple[dict, list]:
                 )
             continue
         delta, note = res
-        spread = float(np.abs(v - consts[removed]).max()) if removed.any() else 0.0
+        spread = st.spread if removed.any() else 0.0
         scale = float(np.abs(consts[removed]).max()) if removed.any() else 0.0
         if spread > 1e-6 * (1.0 + scale):
             note = (
