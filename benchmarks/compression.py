@@ -1006,7 +1006,10 @@ def run_task_seed(
         _log(f"{task_name} seed {seed}: baseline_long {task.metric_name} {metric:.4f}")
 
     budget_options = dict(mcfg.get("budget_options") or {})
+    budget_options.update(cfg.get("budget_options") or {})  # per-task overrides
     ctl = budget_options.get("controller", "rate")
+    if "protect" in budget_options:  # the cache name tells the settings apart
+        ctl += f"_p{budget_options['protect']:g}"
     dcp_cache: dict = {}
 
     def dcp_source():
