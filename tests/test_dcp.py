@@ -387,3 +387,55 @@ def test_optimisation_arguments_are_checked():
         dcp.select_kernels(m, x, learning_rate=-0.1, verbose=0)
     with pytest.raises(TypeError, match=r"Received: per_step=1.5"):
         dcp.select_kernels(m, x, per_step=1.5, verbose=0)
+
+
+def test_diverging_refit_keeps_the_warm_start():
+    """A learning rate too large for the curvature: the SGD steps are
+    discarded (the loss would grow without bound), the warm start kept."""
+    rng = np.random.default_rng(0)
+    target = rng.normal(size=(4, 2))
+    origin = target + 0.1 * rng.normal(size=(4, 2))
+
+    def vg(ws):
+        d = ws[0] - target
+        return float(np.sum(d**2)), [2 * d]
+
+    unit_of = [np.repeat(np.arange(4)[:, None], 2, axis=1)]
+    tr = dcp.greedy_select(vg, [origin], unit_of, 4, count=3, steps=5, learning_rate=5.0)
+    assert tr.rejected == 3
+    assert all(math.isfinite(v) for v in tr.losses)
+    assert tr.losses[1:] == tr.before_reopt
+    sel = list(tr.order)
+    np.testing.assert_allclose(tr.kernels[0][sel], origin[sel])
+    assert np.all(tr.kernels[0][[i for i in range(4) if i not in sel]] == 0)
+    ok = dcp.greedy_select(vg, [origin], unit_of, 4, count=3, steps=5, learning_rate=0.1)
+    assert ok.rejected == 0
+
+
+def test_select_channels_reports_discarded_refits():
+    m = _dense_pair()
+    x = np.random.default_rng(1).normal(size=(32, 5)).astype("float32")
+    res = dcp.select_channels(m, x, channels=3, steps=3, learning_rate=50.0, verbose=0)
+    (layer,) = res.layers
+    assert layer.rejected == 3 and all(math.isfinite(v) for v in layer.losses)
+    assert np.all(np.isfinite(res.kernels["b"]))
+    assert "re-fits discarded: 3 of 3 additions" in res.summary()
+    calm = dcp.select_channels(m, x, channels=3, steps=3, learning_rate=0.01, verbose=0)
+    assert calm.layers[0].rejected == 0 and "re-fits discarded" not in calm.summary()
+
+
+def test_per_step_adds_several_channels_per_greedy_step():
+    m = _dense_pair()  # a group of 6 channels
+    x = np.random.default_rng(1).normal(size=(32, 5)).astype("float32")
+    kw = dict(channels=4, steps=1, verbose=0)
+    one = dcp.select_channels(m, x, **kw)
+    assert len(one.layers[0].losses) == 5  # L(0) and one per channel
+    for per_step in (2, 0.3):  # 0.3 of 6 channels, rounded up: 2
+        res = dcp.select_channels(m, x, per_step=per_step, **kw)
+        (layer,) = res.layers
+        assert len(layer.kept) == 4 and len(layer.losses) == 3
+    # the first pair holds the largest gradient norm of the first step
+    assert one.layers[0].order[0] in res.layers[0].order[:2]
+    for bad in (0, 1.5, 0.0):
+        with pytest.raises(ValueError, match="per_step"):
+            dcp.select_channels(m, x, per_step=bad, **kw)

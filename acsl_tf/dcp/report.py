@@ -32,7 +32,19 @@ def dcp_report(result) -> str:
     )
     for name, why in result.skipped.items():
         lines.append(f"not selected: {name}: {why}")
+    lines += _rejected_line(result)
     return "\n".join(lines)
+
+
+def _rejected_line(result) -> list:
+    n = sum(s.rejected for s in result.layers)
+    if not n:
+        return []
+    total = sum(len(s.order) for s in result.layers)
+    return [
+        f"re-fits discarded: {n} of {total} additions (the SGD steps raised the loss; "
+        "the warm-started kernels were kept; a smaller learning_rate avoids this)"
+    ]
 
 
 def dkp_report(result) -> str:
@@ -57,6 +69,7 @@ def dkp_report(result) -> str:
         f"{result.dense_bytes:,} B dense, {result.sparse_bytes:,} B with sparse kernels "
         "(same FLOPs and run time on dense runtimes)"
     )
+    lines += _rejected_line(result)
     return "\n".join(lines)
 
 

@@ -73,6 +73,10 @@ class GreedyTrace:
         before_reopt: The loss right after each addition, before the SGD
             steps.
         kernels: The final kernels (unselected entries zero).
+        rejected: Additions whose SGD steps were discarded because they left
+            the loss higher than (or not finite, unlike) the warm start: a
+            learning rate too large for the loss's curvature diverges, and
+            the warm-started kernels are kept instead.
     """
 
     order: list
@@ -80,6 +84,7 @@ class GreedyTrace:
     scores: list
     before_reopt: list
     kernels: list
+    rejected: int = 0
 
 
 def _mask_of(unit_of, selected_flags):
@@ -144,6 +149,7 @@ def greedy_select(
     W = [o * mk for o, mk in zip(origins, m)]
     loss, grads = value_and_grad(W)
     losses, scores, before, order = [float(loss)], [], [], []
+    rejected = 0
     limit = n_units if count is None else min(int(count), n_units)
     while len(order) < limit:
         sc = np.zeros(n_units)
@@ -168,17 +174,24 @@ def greedy_select(
         W = [np.where(nm, o, w) for w, o, nm in zip(W, origins, newmask)]
         vel = [np.zeros_like(w) for w in W]
         first = True
-        for _ in range(int(steps)):
-            loss_s, grads = value_and_grad(W)
-            if first:
-                before.append(float(loss_s))
-                first = False
-            for i in range(len(W)):
-                vel[i] = momentum * vel[i] - learning_rate * np.asarray(grads[i]) * m[i]
-                W[i] = W[i] + vel[i]
+        start = None
+        with np.errstate(over="ignore", invalid="ignore"):
+            for _ in range(int(steps)):
+                loss_s, grads = value_and_grad(W)
+                if first:
+                    before.append(float(loss_s))
+                    start = ([w.copy() for w in W], loss_s, grads)
+                    first = False
+                for i in range(len(W)):
+                    vel[i] = momentum * vel[i] - learning_rate * np.asarray(grads[i]) * m[i]
+                    W[i] = W[i] + vel[i]
         loss, grads = value_and_grad(W)
         if first:
             before.append(float(loss))
+        elif not np.isfinite(loss) or loss > before[-1]:
+            # the steps diverged: keep the warm-started kernels
+            W, loss, grads = start
+            rejected += 1
         losses.append(float(loss))
         if progress is not None:
             progress(len(order), float(loss))
@@ -188,7 +201,7 @@ def greedy_select(
             and abs(losses[-2] - losses[-1]) <= epsilon * abs(losses[0])
         ):
             break
-    return GreedyTrace(order, losses, scores, before, [np.asarray(w) for w in W])
+    return GreedyTrace(order, losses, scores, before, [np.asarray(w) for w in W], rejected)
 
 
 # ---------------------------------------------------------------------------
@@ -213,6 +226,8 @@ class LayerSelection:
             (reconstruction only).
         seconds: Wall time.
         stage: Index of the stage (the head) the layer belongs to.
+        rejected: Additions whose SGD re-fit diverged and was discarded
+            (see :class:`GreedyTrace`).
     """
 
     name: str
@@ -224,6 +239,7 @@ class LayerSelection:
     loss_head: str | None
     seconds: float
     stage: int = 0
+    rejected: int = 0
 
 
 @dataclass
@@ -638,6 +654,7 @@ def select_channels(
     layers=None,
     ignored_layers=(),
     verbose: int = 1,
+    per_step: int | float = 1,
 ) -> DCPResult:
     """Discrimination-aware channel selection (DCP) on the model's channel
     groups.
@@ -673,6 +690,10 @@ def select_channels(
         momentum: Their momentum.
         n_samples: Calibration samples used.
         min_channels: Channels every group keeps at least.
+        per_step: Channels added per greedy step (published: 1): an int, or
+            a fraction in (0, 1] of each group's size (rounded up), e.g.
+            ``1/16`` for at most 16 steps per group. Larger steps cost
+            proportionally fewer loss evaluations.
         layers: Restrict the selection to the groups of these layer names.
         ignored_layers: Layers whose channels are kept (as for
             :func:`acsl_tf.plan_shrink`).
@@ -709,6 +730,14 @@ def select_channels(
         raise ValueError(f"epsilon must be a number >= 0. Received: epsilon={epsilon!r}")
     _check_optim(steps, learning_rate, momentum, n_samples, aux_weight)
     min_channels = _validation.positive_int(min_channels, "min_channels")
+    if isinstance(per_step, float):
+        if not 0.0 < per_step <= 1.0:
+            raise ValueError(
+                "per_step must be an int >= 1 or a fraction in (0, 1] of the group. "
+                f"Received: per_step={per_step!r}"
+            )
+    else:
+        per_step = _validation.positive_int(per_step, "per_step")
     g = DependencyGraph(model, ignored_layers=ignored_layers)
     ctx = _Context(model, x, y, heads, aux_weight, task_loss, n_samples, g)
     only = _resolve_layers(g, layers)
@@ -816,6 +845,9 @@ def select_channels(
             steps=steps,
             learning_rate=learning_rate,
             momentum=momentum,
+            per_step=(
+                max(1, math.ceil(per_step * sizes[r])) if isinstance(per_step, float) else per_step
+            ),
             min_units=min_channels,
             progress=progress,
         )
@@ -836,6 +868,7 @@ def select_channels(
             loss_head=None if stage is None or ctx.aux_weight == 0 else stage.name,
             seconds=time.perf_counter() - t1,
             stage=-1 if stage_i is None else stage_i,
+            rejected=trace.rejected,
         )
         layers_out.append(sel)
         if verbose > 1:
@@ -1040,6 +1073,7 @@ def select_kernels(
                 loss_head=None if stage is None or ctx.aux_weight == 0 else stage.name,
                 seconds=time.perf_counter() - t1,
                 stage=-1 if stage_i is None else stage_i,
+                rejected=trace.rejected,
             )
         )
     zero = total = 0
