@@ -21,6 +21,12 @@ BatchNormalization of the group: then zero gammas make the channels constant
 and removing them is exact. Uncovered groups (a BN-less skip conv added to a
 BN branch, a model without BN) can only be pruned by a weight criterion.
 
+A composite layer (one ``call`` holding convolutions and BatchNormalizations,
+e.g. keras-hub's MobileNet blocks) can open channel groups that no tensor of
+the model carries: its handler declares them with
+:meth:`DependencyGraph.inner_map`; they are planned, counted and sliced like
+any other group.
+
 Per-layer behaviour lives in one handler per layer family
 (:mod:`acsl_tf.graph.handlers`); the registry is copied per graph, so
 handlers passed with ``handlers=`` never leak into other graphs.
@@ -28,17 +34,19 @@ handlers passed with ``handlers=`` never leak into other graphs.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from acsl_tf.graph import handlers as _h
+from acsl_tf.graph.handlers import base as _hb
 from acsl_tf.graph.trace import Call, Trace, trace_model
 
 __all__ = ["ChanMap", "Group", "Unit", "DependencyGraph"]
 
-LIVE, COND, CONST = "live", "conditional", "constant"
+LIVE, COND, CONST = _hb.LIVE, _hb.COND, _hb.CONST
 _RANK = {CONST: 0, COND: 1, LIVE: 2}
 
 
@@ -60,6 +68,7 @@ class _Source:
     fixed: str | None = None
     members: list = field(default_factory=list)  # (op, role)
     units: list = field(default_factory=list)  # (unit key, offset)
+    multiple: int = 1  # kept counts must be a multiple of this
 
 
 @dataclass
@@ -101,6 +110,8 @@ class Group:
             channels' constant is 0; the rest is measured and reported.
         uncovered_reason: Why gamma does not cover the group (when not
             covered).
+        multiple: Kept channel counts must be a multiple of this (a layer
+            that rounds its own width, e.g. to multiples of 8).
     """
 
     root: int
@@ -112,6 +123,7 @@ class Group:
     covered: bool
     conditional: bool
     uncovered_reason: str | None
+    multiple: int = 1
 
     @property
     def prunable(self) -> bool:
@@ -229,6 +241,7 @@ class DependencyGraph:
             raise ValueError(f"Channel count mismatch at {where!r}: {A.size} vs {B.size}.")
         B.parent = ra
         A.fixed = A.fixed or B.fixed
+        A.multiple = math.lcm(A.multiple, B.multiple)
         A.members.extend(B.members)
         A.units.extend(B.units)
         B.members, B.units = [], []
@@ -249,6 +262,34 @@ class DependencyGraph:
 
     def new_map(self, size: int, producer, *, key=None, fixed=None) -> ChanMap:
         return ChanMap((self.new_source(size, producer, key=key, fixed=fixed),))
+
+    def inner_map(self, call: Call, size: int, *, index: int = 0, fixed=None) -> ChanMap:
+        """A channel source inside a composite layer that no tensor of the
+        model carries (e.g. the expanded channels of an inverted residual
+        block).
+
+        It is appended to ``call_in_maps[call.index]`` after the inputs'
+        maps, so the handler's ``rebuild`` receives its kept indices, and
+        ``params`` / ``cost`` its kept count, after those of the inputs (in
+        the order the handler declares them). Every call of a shared layer
+        gets the same source.
+
+        Args:
+            call: The composite layer's call.
+            size: Channels.
+            index: Position among the layer's inner maps.
+            fixed: Why the channels cannot be pruned, or None.
+        """
+        m = self.new_map(size, call.op, key=(id(call.op), "inner", index), fixed=fixed)
+        self.call_in_maps[call.index].append(m)
+        return m
+
+    def require_multiple(self, m: ChanMap, n: int):
+        """Kept counts of the groups of ``m`` must be multiples of ``n`` (a
+        layer that rounds its width; the planner rounds up to it)."""
+        for s in m.sources:
+            src = self._sources[self.find(s)]
+            src.multiple = math.lcm(src.multiple, int(n))
 
     def size(self, m: ChanMap) -> int:
         return m.reps * sum(self._sources[s].size for s in m.sources)
@@ -296,6 +337,12 @@ class DependencyGraph:
         name = self.name(wrapper if wrapper is not None else layer)
         if wrapper is not None and name == wrapper.name:
             name = layer.name if layer.name not in self.units else name
+        if name in self.units:  # a BN inside a composite layer: name it by its layer
+            base = f"{self.name(call.op)}/{layer.name}"
+            name, i = base, 1
+            while name in self.units:
+                name = f"{base}_{i}"
+                i += 1
         unit = Unit(name, layer, wrapper, m)
         self.units[name] = unit
         self._unit_by_layer[key] = unit
@@ -395,6 +442,18 @@ class DependencyGraph:
         for call in tr.calls:
             h = self.handler_of[id(call.op)]
             ins = [state[k] for k in call.in_keys]
+            custom = h.coverage_states(self, call, ins)
+            if custom is not None:
+                outs, reads = custom
+                for r, v in reads.items():
+                    r = self.find(r)
+                    if v == LIVE:
+                        self._uncovered.setdefault(r, call.op)
+                    elif v == COND:
+                        self._conditional.add(r)
+                for k, st in zip(call.out_keys, outs):
+                    state[k] = {self.find(r): v for r, v in st.items()}
+                continue
             in_roots = [self._roots(self.maps[k]) for k in call.in_keys]
             kind = h.coverage_kind(self, call)
             outs = []
@@ -478,6 +537,7 @@ class DependencyGraph:
                 covered=covered,
                 conditional=covered and r in self._conditional,
                 uncovered_reason=why,
+                multiple=src.multiple,
             )
         return out
 

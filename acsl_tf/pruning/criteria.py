@@ -307,7 +307,9 @@ class TaylorCriterion(Criterion):
             if not vals:
                 raise ValueError(
                     f"TaylorCriterion found no gradient for the group of "
-                    f"{', '.join(m for m, _ in g.members[:3])}."
+                    f"{', '.join(m for m, _ in g.members[:3])}: channels inside a composite "
+                    "layer have no tensor to differentiate. Use criterion='gamma' or a weight "
+                    "criterion, or add the layer to ignored_layers."
                 )
             res[r] = _reduce(np.stack(vals), self.reduction)
         return res

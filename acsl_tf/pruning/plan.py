@@ -273,10 +273,14 @@ class CostModel:
                 self.params_dead += _layer_params(op)
         for call in tr.calls:
             keys = list(call.in_keys) + list(call.out_keys)
-            var = any(r in variable for k in keys for r, _ in self.tensor_roots[k][0])
+            # channels inside a composite layer (DependencyGraph.inner_map)
+            inner = list(graph.call_in_maps[call.index][len(call.in_keys) :])
+            var = any(r in variable for k in keys for r, _ in self.tensor_roots[k][0]) or any(
+                graph.find(s) in variable for m in inner for s in m.sources
+            )
             h = graph.handler(call.op)
             if var:
-                self.var_calls.append((call, h))
+                self.var_calls.append((call, h, inner))
             else:
                 ins = [tr.shapes[k] for k in call.in_keys]
                 outs = [tr.shapes[k] for k in call.out_keys]
@@ -290,7 +294,7 @@ class CostModel:
             if not isinstance(op, keras.layers.Layer):
                 continue
             if var:
-                self.var_layers.append((op, h, list(call.in_keys), call.out_keys))
+                self.var_layers.append((op, h, list(call.in_keys), call.out_keys, inner))
             else:
                 self.fixed_params += _layer_params(op)
 
@@ -298,19 +302,27 @@ class CostModel:
         roots, reps = self.tensor_roots[k]
         return reps * sum(counts.get(r, n) for r, n in roots)
 
+    def _map_dim(self, m, counts):
+        g = self.graph
+        return m.reps * sum(counts.get(g.find(s), g.source_size(s)) for s in m.sources)
+
     def evaluate(self, counts: dict, *, include_dead: bool = False):
         tr = self.graph.trace
         macs_t, flops_t = self.fixed_macs, self.fixed_flops
-        for call, h in self.var_calls:
+        for call, h, inner in self.var_calls:
             ins = [tr.shapes[k][:-1] + (self._dim(k, counts),) for k in call.in_keys]
+            ins += [(self._map_dim(m, counts),) for m in inner]  # counts inside the layer
             outs = [tr.shapes[k][:-1] + (self._dim(k, counts),) for k in call.out_keys]
             macs, flops = h.cost(call.op, ins, outs)
             macs_t += macs
             flops_t += flops
         params = self.fixed_params + (self.params_dead if include_dead else 0)
-        for op, h, in_keys, out_keys in self.var_layers:
+        for op, h, in_keys, out_keys, inner in self.var_layers:
             out_c = self._dim(out_keys[0], counts) if out_keys else 0
-            params += int(h.params(op, [self._dim(k, counts) for k in in_keys], out_c))
+            in_c = [self._dim(k, counts) for k in in_keys] + [
+                self._map_dim(m, counts) for m in inner
+            ]
+            params += int(h.params(op, in_c, out_c))
         return int(params), int(flops_t), int(macs_t)
 
 
@@ -370,7 +382,8 @@ def plan_shrink(
             models without BatchNormalization.
         min_channels: Channels every group keeps at least (>= 1).
         round_to: Kept counts are rounded up to a multiple of this (never above
-            the original count).
+            the original count), and of what a group's layers need (keras-hub's
+            inverted residual blocks: 8).
         ignored_layers: Layer names (or layer objects) whose channels are kept.
         handlers: ``{layer class or name: LayerHandler}`` for layers of your
             own (scoped to this call).
@@ -432,6 +445,8 @@ def plan_shrink(
     roots = graph.prunable_groups(need_cover=need_cover)
     cost = CostModel(graph, roots)
     sizes = {r: graph.groups[r].size for r in roots}
+    # kept counts are multiples of round_to and of what the group's layers need
+    rounds = {r: math.lcm(round_to, graph.groups[r].multiple) for r in roots}
 
     keep_idx: dict = {}
     if mode == "keep":
@@ -447,9 +462,9 @@ def plan_shrink(
             for r in roots:
                 below = int((gs[r] < value).sum())
                 removed[r] = min(below, sizes[r] - min(min_channels, sizes[r]))
-            keep_idx = _keep_from_counts(gs, removed, sizes, round_to)
+            keep_idx = _keep_from_counts(gs, removed, sizes, rounds)
         else:
-            keep_idx = _rank_globally(gs, roots, sizes, mode, value, cost, min_channels, round_to)
+            keep_idx = _rank_globally(gs, roots, sizes, mode, value, cost, min_channels, rounds)
     return _make_plan(graph, cost, keep_idx, crit.name, roots)
 
 
@@ -487,7 +502,7 @@ def _nothing_prunable(graph, crit, mode):
     warnings.warn(msg, UserWarning, stacklevel=3)
 
 
-def _rank_globally(gs, roots, sizes, mode, value, cost, min_channels, round_to):
+def _rank_globally(gs, roots, sizes, mode, value, cost, min_channels, rounds):
     cands = []
     for r in roots:
         n = sizes[r]
@@ -503,7 +518,7 @@ def _rank_globally(gs, roots, sizes, mode, value, cost, min_channels, round_to):
         removed = dict.fromkeys(roots, 0)
         for r in cand_roots[:kk]:
             removed[r] += 1
-        return _keep_from_counts(gs, removed, sizes, round_to)
+        return _keep_from_counts(gs, removed, sizes, rounds)
 
     if mode == "ratio":
         total = sum(sizes.values())
@@ -536,19 +551,22 @@ def _rank_globally(gs, roots, sizes, mode, value, cost, min_channels, round_to):
         else:
             lo = mid + 1
     red, keep_idx = reduction(lo)
-    while red < value and lo < len(cand_roots):  # round_to can break monotonicity
+    while red < value and lo < len(cand_roots):  # rounding can break monotonicity
         lo += 1
         red, keep_idx = reduction(lo)
     return keep_idx
 
 
-def _keep_from_counts(scores, removed: dict, sizes: dict, round_to: int):
+def _keep_from_counts(scores, removed: dict, sizes: dict, rounds: dict):
+    """Kept indices (highest scores) per group; ``rounds[r]``: the kept
+    count is rounded up to a multiple of it (never above the group's size)."""
     keep = {}
     for r, rem in removed.items():
         n = sizes[r]
         k = n - rem
-        if round_to > 1:
-            k = min(n, int(math.ceil(k / round_to) * round_to))
+        step = rounds.get(r, 1)
+        if step > 1:
+            k = min(n, int(math.ceil(k / step) * step))
         if k >= n:
             continue
         order = np.argsort(-scores[r], kind="stable")
@@ -609,6 +627,12 @@ def _keep_from_dict(graph, keep) -> dict:
             raise ValueError(
                 f"keep[{first_name!r}] would remove every channel of a group. "
                 f"Received: keep[{first_name!r}]=[]"
+            )
+        if first.size % g.multiple:
+            raise ValueError(
+                f"keep[{first_name!r}] keeps {first.size} channels of a group whose layers "
+                f"need a multiple of {g.multiple} ({', '.join(n for n, _ in g.members[:3])}). "
+                f"Keep a multiple of {g.multiple}. Received: {first.size} channels"
             )
         out[r] = first
     return out

@@ -40,6 +40,8 @@ def find_units(model, *, ignored_layers=(), pruning_policy=None, handlers=None, 
             continue
         act = None
         calls = [c for c in graph.trace.calls if c.op is bn]
+        if not calls:
+            continue  # inside a composite layer: no call of the model to wrap
         if len(calls) == 1:
             nxt = readers.get(calls[0].out_keys[0], [])
             if len(nxt) == 1 and type(nxt[0].op).__name__ in STATISTICS_ACTIVATIONS:

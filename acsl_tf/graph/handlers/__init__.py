@@ -18,6 +18,10 @@ A :class:`LayerHandler` owns, for its layer family:
 - ``kernel_view``: the weights as an (output channel, fan-in) matrix for
   weight criteria (l1, l2, fpgm).
 
+Composite layers (several convolutions and BatchNormalizations in one
+``call``) are described by a program of steps (:class:`CompositeHandler`);
+keras-hub's MobileNet blocks are registered by qualified class name.
+
 Register a handler for your own layer with ``handlers={MyLayer: h}`` on any
 public function (scoped to that call), or process-wide with
 :func:`register_layer_handler`.
@@ -32,6 +36,14 @@ from acsl_tf.graph.handlers.base import (
     PassThrough,
     activation_name,
     is_elementwise_activation,
+)
+from acsl_tf.graph.handlers.composite import (
+    CompositeHandler,
+    ConvBnActBlockHandler,
+    DepthwiseConvBlockHandler,
+    InvertedResidualBlockHandler,
+    SqueezeAndExciteHandler,
+    Step,
 )
 from acsl_tf.graph.handlers.conv import (
     ConvHandler,
@@ -76,6 +88,12 @@ __all__ = [
     "PassThrough",
     "activation_name",
     "is_elementwise_activation",
+    "CompositeHandler",
+    "ConvBnActBlockHandler",
+    "DepthwiseConvBlockHandler",
+    "InvertedResidualBlockHandler",
+    "SqueezeAndExciteHandler",
+    "Step",
     "ConvHandler",
     "ConvTransposeHandler",
     "DenseHandler",

@@ -19,6 +19,12 @@ ELEMENTWISE_ACTIVATIONS = frozenset(
 )  # fmt: skip
 
 
+#: Coverage states of a group's channels in a tensor once the group's unit
+#: gammas are zero (see ``DependencyGraph``): raw producer output, constant
+#: only where the constant is 0 (behind a product), constant.
+LIVE, COND, CONST = "live", "conditional", "constant"
+
+
 def activation_name(act) -> str | None:
     """Name of a Keras activation callable, or None for unknown callables."""
     if act is None:
@@ -77,6 +83,25 @@ class LayerHandler:
 
     def coverage_kind(self, g, call) -> str:
         return "pass" if self.elementwise else "keep"
+
+    def coverage_states(self, g, call, ins: list):
+        """Coverage of a layer that ``coverage_kind`` cannot describe (a
+        composite layer: convolutions, BatchNormalizations and merges in one
+        ``call``); None uses ``coverage_kind``.
+
+        Args:
+            g: The graph.
+            call: The call.
+            ins: One ``{group root: state}`` per input (states ``LIVE``,
+                ``COND``, ``CONST``).
+
+        Returns:
+            ``(outs, reads)``: one ``{root: state}`` per output (every root of
+            the output's map), and ``{root: state}`` of the channels that a
+            layer inside reads as a consumer (``LIVE`` there leaves the
+            group uncovered, ``COND`` makes it conditional).
+        """
+        return None
 
     def rebuild(self, layer, in_keep: list, out_keep):
         """``(config, weights)`` of the thin layer; ``in_keep`` holds one

@@ -7,6 +7,7 @@ import keras
 
 from acsl_tf import _keras
 from acsl_tf.graph.handlers.base import Barrier, LayerHandler, PassThrough
+from acsl_tf.graph.handlers.composite import keras_hub_handlers
 from acsl_tf.graph.handlers.conv import (
     ConvHandler,
     ConvTransposeHandler,
@@ -37,16 +38,24 @@ L = keras.layers
 
 
 class Registry:
-    """Layer class (or class name) -> handler; lookup follows the MRO."""
+    """Layer class (or class name) -> handler; lookup follows the MRO.
+
+    A name is either a bare class name (``"LayerScale"``: any class of that
+    name) or a qualified one, ``"module.QualName"``, which matches only the
+    class defined there; the library registers classes of optional packages
+    (keras-hub) this way, without importing them.
+    """
 
     def __init__(self):
         self.by_class: dict = {}
         self.by_name: dict = {}
+        self.by_qualname: dict = {}
 
     def copy(self) -> Registry:
         r = Registry()
         r.by_class = dict(self.by_class)
         r.by_name = dict(self.by_name)
+        r.by_qualname = dict(self.by_qualname)
         return r
 
     def register(self, layer_class, handler) -> None:
@@ -54,7 +63,9 @@ class Registry:
             raise TypeError(
                 f"handler must be a LayerHandler instance. Received: handler={handler!r}"
             )
-        if isinstance(layer_class, str):
+        if isinstance(layer_class, str) and "." in layer_class:
+            self.by_qualname[layer_class] = handler
+        elif isinstance(layer_class, str):
             self.by_name[layer_class] = handler
         elif isinstance(layer_class, type):
             self.by_class[layer_class] = handler
@@ -72,12 +83,20 @@ class Registry:
         for cls in type(op).__mro__:
             if cls in self.by_class:
                 return self.by_class[cls]
+            if self.by_qualname:
+                qualname = f"{cls.__module__}.{cls.__qualname__}"
+                if qualname in self.by_qualname:
+                    return self.by_qualname[qualname]
             if cls.__name__ in self.by_name:
                 return self.by_name[cls.__name__]
         return None
 
     def names(self) -> list:
-        return sorted({c.__name__ for c in self.by_class} | set(self.by_name))
+        return sorted(
+            {c.__name__ for c in self.by_class}
+            | set(self.by_name)
+            | {q.rsplit(".", 1)[-1] for q in self.by_qualname}
+        )
 
 
 _WRAPPED = WrappedBNHandler()
@@ -96,7 +115,9 @@ def register_layer_handler(layer_class, handler: LayerHandler) -> None:
     / ``profile`` / ``prune_low_correlation``, which is scoped to the call.
 
     Args:
-        layer_class: A class (lookup follows subclassing) or a class name.
+        layer_class: A class (lookup follows subclassing), a class name, or
+            a qualified name ``"module.QualName"`` (only the class defined
+            there; no import needed).
         handler: A :class:`LayerHandler` instance.
 
     Raises:
@@ -171,6 +192,9 @@ def _register_defaults():
         r(cls, NormHandler())
     r(L.GroupNormalization, Barrier("normalises groups of channels"))
     r(L.Softmax, SoftmaxHandler())
+    # composite layers of optional packages, by qualified name (nothing imported)
+    for qualname, handler in keras_hub_handlers().items():
+        r(qualname, handler)
 
     _nn, _np, _img = _keras.raw_op_modules()
     if _nn is None:  # pragma: no cover - other Keras layouts
