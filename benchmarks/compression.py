@@ -65,6 +65,7 @@ from compression_configs import METHODS, MODES, SPECIAL  # noqa: E402
 
 RESULTS = os.path.join(HERE, "results", "compression")
 FINETUNES = ("plain", "distill")
+TASK_NAMES = ("classification", "segmentation", "counting")
 
 # --------------------------------------------------------------------------- records
 
@@ -730,8 +731,9 @@ def _copy(model):
 def dcp_settings(mode: str, task_name: str) -> dict:
     """The ``dcp``/``dkp`` settings of one task in one mode:
     ``compression_configs.DCP_DEFAULTS`` updated by the mode's ``dcp`` dict,
-    then by the task's ``dcp`` dict; ``aux_epochs`` / ``aux_lr`` of None
-    become the task's ``sparsity_epochs`` / ``sparsity_lr``.
+    then by its entry named after the task, then by the task's ``dcp`` dict;
+    ``aux_epochs`` / ``aux_lr`` of None become the task's
+    ``sparsity_epochs`` / ``sparsity_lr``.
 
     Raises:
         ValueError: For an unknown setting or a value out of range.
@@ -741,7 +743,14 @@ def dcp_settings(mode: str, task_name: str) -> dict:
     mcfg = MODES[mode]
     cfg = mcfg["tasks"][task_name]
     out = dict(DCP_DEFAULTS)
-    for where, d in (("mode", mcfg.get("dcp") or {}), ("task", cfg.get("dcp") or {})):
+    mode_d = dict(mcfg.get("dcp") or {})
+    per_task = {k: mode_d.pop(k) for k in list(mode_d) if k in TASK_NAMES}
+    layers = (
+        ("mode", mode_d),
+        (f"mode's {task_name!r}", per_task.get(task_name) or {}),
+        ("task", cfg.get("dcp") or {}),
+    )
+    for where, d in layers:
         unknown = sorted(set(d) - set(DCP_DEFAULTS))
         if unknown:
             raise ValueError(
@@ -760,6 +769,14 @@ def dcp_settings(mode: str, task_name: str) -> dict:
                 f"DCP setting {key!r} of {mode}/{task_name} must be an int >= {low}. "
                 f"Received: {key}={v!r}"
             )
+    p = out["per_step"]
+    if isinstance(p, bool) or not (
+        (isinstance(p, int) and p >= 1) or (isinstance(p, float) and 0.0 < p <= 1.0)
+    ):
+        raise ValueError(
+            f"DCP setting 'per_step' of {mode}/{task_name} must be an int >= 1 or a "
+            f"fraction in (0, 1] of each group. Received: per_step={p!r}"
+        )
     return out
 
 
@@ -839,7 +856,15 @@ def prune_dcp(kind: str, model, heads, x, y, target: float, settings: dict):
     )
     t0 = time.time()
     if kind == "dcp":
-        res = dcp.select_channels(model, x, y, heads=heads, target_flops=float(target), **kw)
+        res = dcp.select_channels(
+            model,
+            x,
+            y,
+            heads=heads,
+            target_flops=float(target),
+            per_step=settings["per_step"],
+            **kw,
+        )
         small = res.apply()
         fields = dict(
             widths=[[s.name, s.size, len(s.kept)] for s in res.layers],

@@ -429,12 +429,23 @@ def test_dcp_settings_merge_and_resolve(monkeypatch):
     assert s["aux_lr"] == smoke["tasks"]["counting"]["sparsity_lr"]
     assert cb.dcp_settings("smoke", "classification")["n_samples"] == 8
     assert cb.dcp_cache_stem(s) == "dcp_heads3_e1_lr0.01_w1"
+    # an entry of the mode's dict named after a task: that task's settings
+    smoke["dcp"] = dict(n_samples=8, counting=dict(n_samples=6, per_step=0.25))
+    assert cb.dcp_settings("smoke", "classification")["n_samples"] == 8
+    s = cb.dcp_settings("smoke", "counting")
+    assert s["n_samples"] == 4 and s["per_step"] == 0.25  # the task's own dict last
+    assert cb.dcp_settings("full", "segmentation")["per_step"] == 0.0625
+    assert cb.dcp_settings("full", "classification")["per_step"] == 1  # as published
     smoke["dcp"] = dict(n_sample=8)
     with pytest.raises(ValueError, match="Unknown DCP settings"):
         cb.dcp_settings("smoke", "classification")
-    smoke["dcp"] = dict(max_heads=0)
-    with pytest.raises(ValueError, match="max_heads"):
+    smoke["dcp"] = dict(classification=dict(steps=-1))
+    with pytest.raises(ValueError, match="'steps'"):
         cb.dcp_settings("smoke", "classification")
+    for bad in (dict(max_heads=0), dict(per_step=0), dict(per_step=1.5), dict(per_step=True)):
+        smoke["dcp"] = bad
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            cb.dcp_settings("smoke", "classification")
 
 
 def test_dcp_configs():
