@@ -41,6 +41,17 @@ METHODS: dict[str, dict] = {
     "acsl_t2": dict(
         sparsity="acsl", criterion="gamma", options=dict(direction="redundant", temperature=2.0)
     ),
+    # Update frequency and clipping of the strengths (the other reconstructed
+    # choices; see docs/ACSL.md). Defaults: update_every=8, clip=None.
+    "acsl_every1": dict(
+        sparsity="acsl", criterion="gamma", options=dict(direction="redundant", update_every=1)
+    ),
+    "acsl_every32": dict(
+        sparsity="acsl", criterion="gamma", options=dict(direction="redundant", update_every=32)
+    ),
+    "acsl_clip": dict(
+        sparsity="acsl", criterion="gamma", options=dict(direction="redundant", clip=(0.5, 2.0))
+    ),
     "ns": dict(sparsity="ns", criterion="gamma", options={}),
     "cap": dict(sparsity="cap", criterion="cap", options={}),
     "l1": dict(sparsity=None, criterion="l1", options={}),
@@ -88,6 +99,8 @@ SPECIAL = ("baseline", "baseline_long", "tfmot")
 
 MAIN_METHODS = ("acsl", "ns", "cap", "dcp", "l1", "l1_layer", "random")
 VARIANTS = ("acsl_informative", "acsl_attention", "acsl_t2")
+#: The ACSL options re-run in the ranked mode (--methods, see docs/BENCHMARKS.md).
+OPTION_VARIANTS = VARIANTS + ("acsl_every1", "acsl_every32", "acsl_clip")
 
 #: Per-mode settings. ``tasks[name]`` holds the make_task size/overrides and
 #: the training budget of that task.
