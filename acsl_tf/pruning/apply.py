@@ -318,7 +318,8 @@ def _pack(struct, flat):
 
 
 class _ValueInit:
-    """Initializer returning a fixed array (a copy in the requested dtype)."""
+    """Initializer returning a fixed array, cast to the requested dtype (the
+    variable copies it when it is created)."""
 
     def __init__(self, value):
         self.value = value
@@ -326,7 +327,9 @@ class _ValueInit:
     def __call__(self, shape, dtype=None):
         if tuple(shape) != tuple(self.value.shape):
             raise ValueError(f"shape {tuple(shape)} != {self.value.shape}")
-        return self.value.astype(dtype or self.value.dtype)
+        if dtype is None or keras.backend.standardize_dtype(dtype) == self.value.dtype.name:
+            return self.value
+        return self.value.astype(dtype)
 
 
 def _weight_name(variable) -> str:
