@@ -5,7 +5,8 @@ Run it as ``acsl-tf COMMAND ...`` or ``python -m acsl_tf COMMAND ...``:
 - ``profile MODEL.keras``: parameters, FLOPs, a per-layer table and the channel
   groups (which are prunable, and why the others are fixed).
 - ``shrink MODEL.keras --target-flops 0.5 -o OUT.keras``: remove channels and
-  print the per-layer report; ``--save-plan`` / ``--plan`` save or apply a plan.
+  print the per-layer report; ``--save-plan`` / ``--plan`` save or apply a plan;
+  ``--recalibrate DATA.npy`` re-estimates the BatchNorm statistics afterwards.
 - ``export MODEL.keras --format tflite|c|onnx -o OUT``: a verified TFLite,
   TFLite Micro C source or ONNX artifact.
 - ``bench MODEL.tflite [OTHER.tflite]``: interpreter latency, or the speed-up of
@@ -63,6 +64,11 @@ examples:
   acsl-tf shrink model.keras --ratio 0.3 --criterion l1 --round-to 8 -o small.keras
   acsl-tf shrink model.keras --threshold 0.05 --save-plan plan.json        # plan only
   acsl-tf shrink model.keras --plan plan.json -o small.keras               # apply a plan
+  acsl-tf shrink model.keras --target-flops 0.5 --recalibrate x.npy -o small.keras
+
+--recalibrate takes a .npy file (or a .npz with one array, or an array named "x") of
+preprocessed model inputs, shape (N,) + input shape: the BatchNorm moving statistics of
+the shrunk model are re-estimated on them (batches of 128, --recalibrate-steps of them).
 """
 
 _EXPORT_EPILOG = """\
@@ -259,6 +265,20 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not fold the constant output of removed channels into the next bias",
     )
+    rec = p.add_argument_group("BatchNorm statistics")
+    rec.add_argument(
+        "--recalibrate",
+        metavar="DATA.npy",
+        help="re-estimate the BatchNorm moving statistics of the shrunk model on these "
+        "preprocessed inputs (after the exactness check)",
+    )
+    rec.add_argument(
+        "--recalibrate-steps",
+        type=_int_at_least(1),
+        default=None,
+        metavar="N",
+        help="batches of 128 inputs used by --recalibrate (default: 20)",
+    )
     out = p.add_argument_group("files")
     out.add_argument("-o", "--output", metavar="OUT.keras", help="where to save the small model")
     out.add_argument("--save-plan", metavar="PLAN.json", help="also save the plan as JSON")
@@ -411,6 +431,10 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
                 sub.error(f"--plan already fixes the channels; drop {', '.join(bad)}")
         if args.output is None and args.save_plan is None:
             sub.error("give -o OUT.keras (or --save-plan PLAN.json to only plan)")
+        if args.recalibrate_steps is not None and args.recalibrate is None:
+            sub.error("--recalibrate-steps needs --recalibrate DATA.npy")
+        if args.recalibrate is not None and args.output is None:
+            sub.error("--recalibrate applies to the shrunk model: give -o OUT.keras")
         if args.output is not None and not args.output.endswith(".keras"):
             sub.error(f"the output must end in .keras, got {args.output!r}")
     elif args.command == "export":
@@ -637,7 +661,20 @@ def _cmd_shrink(args, progress) -> int:
         raise FileNotFoundError(
             f"The plan file does not exist. Save one with --save-plan. Received: plan={args.plan!r}"
         )
+    recal = None
+    steps = 20 if args.recalibrate_steps is None else args.recalibrate_steps
+    if args.recalibrate is not None:
+        if not os.path.isfile(args.recalibrate):
+            raise FileNotFoundError(
+                "The recalibration data file does not exist. Save preprocessed inputs with "
+                f"numpy.save('x.npy', x). Received: recalibrate={args.recalibrate!r}"
+            )
+        recal = _load_data(args.recalibrate)
     model = _load_model(args, progress)
+    if recal is not None:
+        from acsl_tf.pruning.apply import _check_recalibration
+
+        _check_recalibration(model, recal, steps, 128)  # before any slow work
     if args.plan is not None:
         progress(f"loading the plan {args.plan}")
         plan = acsl_tf.ShrinkPlan.load(args.plan)
@@ -673,6 +710,8 @@ def _cmd_shrink(args, progress) -> int:
         "flops_after": _int_or_none(getattr(plan, "flops_after", None)),
         "params_reduction": None,
         "flops_reduction": None,
+        "recalibrate": args.recalibrate,
+        "recalibrated_batches": 0,
         "layers": [],
     }
     if data["params_before"] is not None:
@@ -681,16 +720,25 @@ def _cmd_shrink(args, progress) -> int:
     if args.output is None:
         _emit(args, plan.summary(), data)
         return EXIT_OK
-    progress("shrinking")
-    small = acsl_tf.shrink(
-        model, plan=plan, fold_removed=not args.no_fold, ignored_layers=tuple(args.ignore)
+    progress(
+        "shrinking" if recal is None else "shrinking, then re-estimating the BatchNorm statistics"
     )
+    res = acsl_tf.apply_plan(
+        model,
+        plan,
+        fold_removed=not args.no_fold,
+        ignored_layers=tuple(args.ignore),
+        recalibrate=recal,
+        recalibrate_steps=steps,
+    )
+    small = res.model
     progress(f"saving {args.output}")
     with _io.atomic_path(args.output, overwrite=args.overwrite, suffix=".keras") as tmp:
         small.save(tmp)
     report = acsl_tf.shrink_report(model, small)
     data.update(
         output=args.output,
+        recalibrated_batches=int(res.recalibrated_batches),
         params_before=int(report.params_before),
         params_after=int(report.params_after),
         flops_before=int(report.flops_before),
@@ -718,6 +766,11 @@ def _cmd_shrink(args, progress) -> int:
         )
     else:
         done = f"applied the plan {args.plan}; "
+    if recal is not None:
+        done += (
+            f"BatchNorm statistics re-estimated on {res.recalibrated_batches} batch(es) of "
+            f"{args.recalibrate}; "
+        )
     text = f"{report.summary()}\n{done}saved {args.output}"
     _emit(args, text, data)
     return EXIT_OK

@@ -496,3 +496,103 @@ def test_help_of_each_command(capsys):
         assert exc.value.code == 0
         out = capsys.readouterr().out
         assert needle in out and "examples:" in out and f"acsl-tf {command}" in out
+
+
+# ---------------------------------------------------------------------------
+# shrink --recalibrate
+# ---------------------------------------------------------------------------
+
+
+def test_shrink_recalibrate_re_estimates_the_batchnorm_statistics(files, tmp_path):
+    shifted = np.load(files["calib"]) * 3.0 + 1.0  # inputs the moving statistics never saw
+    data = tmp_path / "shifted.npy"
+    np.save(data, shifted)
+    out = tmp_path / "small.keras"
+    proc = _ok(
+        _run(
+            "shrink",
+            files["keras"],
+            "--ratio",
+            "0.5",
+            "--recalibrate",
+            data,
+            "--recalibrate-steps",
+            "3",
+            "-o",
+            out,
+            "--json",
+            cwd=tmp_path,
+        )
+    )
+    report = json.loads(proc.stdout)
+    assert report["recalibrate"] == str(data) and report["recalibrated_batches"] == 1
+    small = keras.models.load_model(out, compile=False)
+    expected = acsl_tf.shrink(files["model"], ratio=0.5, recalibrate=shifted)
+    plain = acsl_tf.shrink(files["model"], ratio=0.5)
+    for name in ("bn1", "bn2", "bn3"):
+        got = np.array(small.get_layer(name).moving_mean)
+        want = np.array(expected.get_layer(name).moving_mean)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        assert not np.allclose(got, np.array(plain.get_layer(name).moving_mean))
+
+
+def test_shrink_recalibrate_in_process_reports_and_fails_cleanly(files, tmp_path, capsys):
+    x = np.load(files["calib"])
+    np.save(tmp_path / "x.npy", x)
+    out = tmp_path / "small.keras"
+    model = str(files["keras"])
+    argv = ["shrink", model, "--ratio", "0.5", "-q", "--recalibrate"]
+    assert cli.main([*argv, str(tmp_path / "x.npy"), "-o", str(out)]) == 0
+    assert "BatchNorm statistics re-estimated on 1 batch(es) of" in capsys.readouterr().out
+    assert out.is_file()
+    np.save(tmp_path / "gray.npy", x[..., :1])
+    bad_out = tmp_path / "bad.keras"
+    assert cli.main([*argv, str(tmp_path / "gray.npy"), "-o", str(bad_out)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("acsl-tf shrink: error: ValueError: ")
+    assert "(None, 16, 16, 3)" in err and "(24, 16, 16, 1)" in err
+    assert not bad_out.exists()
+    missing = str(tmp_path / "none.npy")
+    assert cli.main([*argv, missing, "-o", str(bad_out)]) == 1
+    err = capsys.readouterr().err
+    assert "FileNotFoundError" in err and f"Received: recalibrate={missing!r}" in err
+    assert not bad_out.exists()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["shrink", "m.keras", "--ratio", "0.3", "--recalibrate-steps", "2", "-o", "s.keras"],
+            "--recalibrate-steps needs --recalibrate DATA.npy",
+        ),
+        (
+            ["shrink", "m.keras", "--ratio", "0.3", "--recalibrate", "x.npy", "--save-plan", "p"],
+            "--recalibrate applies to the shrunk model: give -o OUT.keras",
+        ),
+        (
+            ["shrink", "m.keras", "--ratio", "0.3", "--recalibrate", "x.npy"]
+            + ["--recalibrate-steps", "0", "-o", "s.keras"],
+            "expected an integer >= 1",
+        ),
+    ],
+)
+def test_shrink_recalibrate_usage_errors_exit_2(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        _parse(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_shrink_recalibrate_arguments():
+    args = _parse(
+        ["shrink", "m.keras", "--ratio", "0.3", "--recalibrate", "x.npy", "-o", "s.keras"]
+    )
+    assert args.recalibrate == "x.npy" and args.recalibrate_steps is None
+    args = _parse(
+        ["shrink", "m.keras", "--ratio", "0.3", "--recalibrate", "x.npy"]
+        + ["--recalibrate-steps", "5", "-o", "s.keras"]
+    )
+    assert args.recalibrate_steps == 5
+    args = _parse(["shrink", "m.keras", "--ratio", "0.3", "-o", "s.keras"])
+    assert args.recalibrate is None and args.recalibrate_steps is None

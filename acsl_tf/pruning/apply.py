@@ -7,18 +7,21 @@ as prefix), raw ``keras.ops`` are kept, and layers without channel changes
 are cloned with their weights. Every rewrite that removes channels is
 checked: the new model is run next to the original with the removed channels
 silenced (:mod:`acsl_tf.pruning.fold`), and the measured deviation is
-returned (and warned about where it is not exact).
+returned (and warned about where it is not exact). Optionally, the new
+model's BatchNormalization statistics are then re-estimated on data
+(``recalibrate=``).
 """
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass
 
 import keras
 import numpy as np
 
-from acsl_tf import _keras
+from acsl_tf import _keras, _validation
 from acsl_tf.graph.dependency import DependencyGraph
 from acsl_tf.graph.handlers import WrappedBNHandler
 from acsl_tf.pruning import fold as _fold
@@ -45,6 +48,10 @@ class ShrinkResult:
         rel_error: ``max_abs_error`` divided by the largest reference output.
         exact: ``rel_error`` within float32 round-off (1e-4).
         approximations: Where and why the rewrite is approximate.
+        recalibrated_batches: Batches on which the BatchNormalization
+            moving statistics of ``model`` were re-estimated
+            (``recalibrate=``; 0 when not asked for or when ``model`` has no
+            BatchNormalization). The deviation above is measured before.
     """
 
     model: keras.Model
@@ -52,6 +59,7 @@ class ShrinkResult:
     rel_error: float
     exact: bool
     approximations: tuple
+    recalibrated_batches: int = 0
 
 
 def shrink(
@@ -72,6 +80,9 @@ def shrink(
     verify: str | bool = "warn",
     seed: int = 0,
     plan=None,
+    recalibrate=None,
+    recalibrate_steps: int | None = 20,
+    recalibrate_batch_size: int = 128,
 ):
     """Return a NEW model with the low-importance channels physically removed.
 
@@ -98,19 +109,36 @@ def shrink(
             (:class:`ApproximateShrinkWarning`) where it is not exact;
             ``"raise"``: raise instead; False: do not measure.
         plan: A plan instead of the selection arguments.
+        recalibrate: Data on which the BatchNormalization moving statistics
+            of the new model are re-estimated after the exactness
+            measurement, as :func:`acsl_tf.recalibrate_batchnorm` does: a
+            NumPy array (or tensor) of inputs, an ``(x, y)`` or
+            ``(x, y, sample_weight)`` tuple (``y`` is ignored), or a
+            ``tf.data.Dataset`` / iterable of input batches or such tuples.
+            Removing channels changes what every later BatchNorm sees, so
+            statistics estimated on the unpruned model go stale; the
+            trainable weights are not changed. None (default): off.
+        recalibrate_steps: Batches used for ``recalibrate`` (None: all of
+            the data).
+        recalibrate_batch_size: Batch size when ``recalibrate`` holds
+            arrays (a dataset keeps its own batches).
 
     Returns:
         A new ``keras.Model``. Use :func:`apply_plan` to also get the
-        measured deviation.
+        measured deviation and the number of recalibration batches.
 
     Raises:
-        TypeError, ValueError: For invalid arguments or a plan made for
-            another architecture.
+        TypeError, ValueError: For invalid arguments, a plan made for
+            another architecture, or ``recalibrate`` data that does not fit
+            the model (checked before anything is built where the data's
+            shape is known).
 
     Example:
         >>> small = acsl_tf.shrink(model, target_flops=0.5)
         >>> print(acsl_tf.shrink_report(model, small))
+        >>> small = acsl_tf.shrink(model, target_flops=0.5, recalibrate=x_train[:2560])
     """
+    _check_recalibration(model, recalibrate, recalibrate_steps, recalibrate_batch_size)
     selection = (threshold, ratio, target_flops, target_params, keep)
     if plan is None:
         plan = plan_shrink(
@@ -137,6 +165,9 @@ def shrink(
         verify=verify,
         handlers=handlers,
         ignored_layers=ignored_layers,
+        recalibrate=recalibrate,
+        recalibrate_steps=recalibrate_steps,
+        recalibrate_batch_size=recalibrate_batch_size,
     ).model
 
 
@@ -148,6 +179,9 @@ def apply_plan(
     verify: str | bool = "warn",
     handlers=None,
     ignored_layers=(),
+    recalibrate=None,
+    recalibrate_steps: int | None = 20,
+    recalibrate_batch_size: int = 128,
 ) -> ShrinkResult:
     """Build the thin model of ``plan`` and measure how exact it is.
 
@@ -158,12 +192,18 @@ def apply_plan(
         fold_removed, verify: See :func:`shrink`.
         handlers, ignored_layers: For a loaded plan: the same values that
             were used to make it.
+        recalibrate, recalibrate_steps, recalibrate_batch_size: See
+            :func:`shrink`; the BatchNorm statistics of the new model are
+            re-estimated after the measurement.
 
     Returns:
         A :class:`ShrinkResult`.
     """
     if verify not in ("warn", "raise", False, True):
         raise ValueError(f"verify must be 'warn', 'raise' or False. Received: verify={verify!r}")
+    recalibrate_steps, recalibrate_batch_size = _check_recalibration(
+        model, recalibrate, recalibrate_steps, recalibrate_batch_size
+    )
     if verify is True:
         verify = "raise"
     from acsl_tf.interop import _legacy
@@ -232,14 +272,136 @@ def apply_plan(
             f"(relative {rel:.2e}) from the original with the removed channels silenced. "
             f"Where: {where}."
         )
+        if recalibrate is not None:
+            msg += (
+                " This was measured before the BatchNorm statistics are re-estimated on the "
+                "recalibrate= data."
+            )
         if verify == "raise":
             raise ValueError(msg)
         warnings.warn(msg, ApproximateShrinkWarning, stacklevel=3)
+    batches = 0
+    if recalibrate is not None:
+        batches = _recalibrate(new, recalibrate, recalibrate_steps, recalibrate_batch_size)
     if was_tf_keras:
         from acsl_tf.interop.tf_keras import to_tf_keras
 
         new = to_tf_keras(new)
-    return ShrinkResult(new, err, rel, exact, tuple(dict.fromkeys(notes)))
+    return ShrinkResult(new, err, rel, exact, tuple(dict.fromkeys(notes)), batches)
+
+
+# ---------------------------------------------------------------------------
+# BatchNorm recalibration after the rewrite
+# ---------------------------------------------------------------------------
+
+
+def _model_input_shapes(model):
+    """Input shapes (batch axis included) of a Keras 3 or tf_keras model,
+    or None when they cannot be read."""
+    try:
+        return [tuple(t.shape) for t in model.inputs]
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
+def _check_recalibration(model, data, steps, batch_size):
+    """Validate the ``recalibrate*`` arguments before anything is built:
+    the numbers, the form of ``data`` and, for arrays (and datasets that
+    declare their element shape), that the inputs fit the model. Returns
+    ``(steps, batch_size)``."""
+    if steps is not None:
+        steps = _validation.positive_int(steps, "recalibrate_steps")
+    batch_size = _validation.positive_int(batch_size, "recalibrate_batch_size")
+    if data is None:
+        return steps, batch_size
+    from acsl_tf.sparsity import batchnorm as _bn  # lazy: sparsity imports pruning
+
+    if isinstance(data, (str, bytes, os.PathLike)):
+        raise TypeError(
+            "`recalibrate` takes the data, not a file name: load it first (e.g. "
+            f"numpy.load(path)). It takes {_bn._FORMS}. Received: recalibrate={data!r}"
+        )
+    if isinstance(data, dict):
+        raise TypeError(
+            f"`recalibrate` takes {_bn._FORMS}; a dict of named inputs is not supported. "
+            f"Received: recalibrate of type dict with keys {sorted(map(str, data))}"
+        )
+    x = _bn._x_of(data)
+    arrays = x if isinstance(x, list) and x and all(_bn._is_array(a) for a in x) else None
+    if arrays is None and _bn._is_array(x):
+        arrays = [x]
+    shapes = _model_input_shapes(model)
+    if arrays is not None:
+        if any(len(a.shape) == 0 or a.shape[0] == 0 for a in arrays):
+            raise ValueError(
+                "`recalibrate` holds no samples; pass at least one batch of inputs. Received: "
+                f"recalibrate inputs of shape {[tuple(a.shape) for a in arrays]}"
+            )
+        _check_input_shapes(model, shapes, [tuple(a.shape) for a in arrays], batched=True)
+        return steps, batch_size
+    try:
+        import tensorflow as tf
+    except ImportError:  # pragma: no cover - TensorFlow is the backend
+        tf = None
+    if tf is not None and isinstance(data, tf.data.Dataset):
+        spec = _bn._x_of(data.element_spec)
+        specs = list(spec) if isinstance(spec, (list, tuple)) else [spec]
+        dims = [getattr(s, "shape", None) for s in specs]
+        if all(d is not None and d.rank is not None for d in dims):
+            _check_input_shapes(model, shapes, [tuple(d) for d in dims], batched=None)
+        return steps, batch_size
+    if not hasattr(data, "__iter__"):
+        raise TypeError(
+            f"`recalibrate` takes {_bn._FORMS}. Received: recalibrate of type {type(data).__name__}"
+        )
+    return steps, batch_size
+
+
+def _check_input_shapes(model, model_shapes, data_shapes, *, batched):
+    """Raise when data shapes cannot feed the model's inputs. ``batched``:
+    True (a batch axis leads), None (a dataset: batched or not)."""
+    if model_shapes is None:
+        return
+    name = getattr(model, "name", "model")
+    if len(data_shapes) != len(model_shapes):
+        raise ValueError(
+            f"`recalibrate` must hold one input array per input of model {name!r} (a list of "
+            f"arrays for several inputs), shapes {model_shapes}. Received: "
+            f"{len(data_shapes)} array(s) of shapes {data_shapes}"
+        )
+    for got, want in zip(data_shapes, model_shapes):
+        sample = want[1:]
+        batch = tuple(got)
+        if batched is None and len(got) == len(sample):
+            batch = (None,) + batch  # unbatched dataset elements
+        fits = len(batch) == len(want) and all(
+            w is None or g is None or g == w for g, w in zip(batch[1:], sample)
+        )
+        if not fits:
+            raise ValueError(
+                f"`recalibrate` inputs must have the shape of the inputs of model {name!r}, "
+                f"{tuple(want)} (batch axis first), preprocessed like the training data. "
+                f"Received: recalibrate inputs of shape {tuple(got)}"
+            )
+
+
+def _recalibrate(model, data, steps, batch_size) -> int:
+    """Re-estimate the BatchNorm moving statistics of the shrunk ``model``
+    (:func:`acsl_tf.recalibrate_batchnorm`); returns the batches used."""
+    from acsl_tf.sparsity.batchnorm import recalibrate_batchnorm
+
+    try:
+        used = recalibrate_batchnorm(model, data, steps=steps, batch_size=batch_size)
+    except ValueError as err:
+        raise ValueError(f"BatchNorm recalibration of the shrunk model failed: {err}") from err
+    if used == 0:
+        warnings.warn(
+            f"recalibrate= was given, but the shrunk model {model.name!r} has no "
+            "BatchNormalization layer: there are no statistics to re-estimate.",
+            UserWarning,
+            stacklevel=3,
+        )
+    return used
 
 
 def _strip_and_map(graph, keep):
