@@ -550,3 +550,25 @@ def test_smoke_dcp_classification_and_counting(tmp_path):
     assert dkp["kernel_sparsity"] == pytest.approx(0.5, abs=0.02)
     assert dkp["kernel_sparsity_finetuned"] == pytest.approx(dkp["kernel_sparsity"])
     assert dkp["sparse_bytes"] < dkp["dense_bytes"]
+
+
+def test_export_records_an_int8_parity_failure(monkeypatch):
+    from acsl_tf import workflow as wf
+    from acsl_tf.export import ParityError
+
+    calls = []
+
+    def fake(model, task, out_dir, *, name, runs, progress, int8=True):
+        calls.append(int8)
+        if int8:
+            raise ParityError(
+                "The TFLite model (int8) does not reproduce the Keras model: relative error "
+                "0.216 > tolerance 0.1. Nothing was written to 'x'."
+            )
+        return {"tflite_bytes": 10, "latency_ms_float32": 1.0}
+
+    monkeypatch.setattr(wf, "export_and_measure", fake)
+    out = cb._export(None, None, "w", "m", 5)
+    assert calls == [True, False]
+    assert out["tflite_bytes"] == 10 and "int8_bytes" not in out
+    assert out["int8_parity_error"].endswith("relative error 0.216 > tolerance 0.1.")
