@@ -8,6 +8,8 @@ Compression" (TPAMI 2021; NeurIPS 2018 for DCP). See docs/DCP.md.
 * :func:`select_channels`: greedy channel selection by gradient norm on the
   channel groups of the dependency graph; returns a plan for ``shrink`` and
   the re-optimised kernels.
+* :func:`select_channels_stagewise`: the published stage-wise schedule:
+  per stage, fine-tuning with the stage's head, selection, pruning.
 * :func:`select_kernels`: the same with single kernels as the unit (DKP).
 * :func:`discrimination_aware_prune`: heads, fine-tuning, selection and the
   thin model in one call.
@@ -32,6 +34,7 @@ from acsl_tf.dcp.select import (
     select_channels,
     select_kernels,
 )
+from acsl_tf.dcp.stagewise import StageRecord, select_channels_stagewise
 
 __all__ = [
     "AuxiliaryHeads",
@@ -41,6 +44,7 @@ __all__ = [
     "LayerSelection",
     "ResizedDensityMSE",
     "ResizedSparseCategoricalCrossentropy",
+    "StageRecord",
     "apply_dcp",
     "auxiliary_head_points",
     "dcp_report",
@@ -49,6 +53,7 @@ __all__ = [
     "greedy_select",
     "plot_widths",
     "select_channels",
+    "select_channels_stagewise",
     "select_kernels",
     "with_auxiliary_heads",
 ]

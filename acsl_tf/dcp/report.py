@@ -30,6 +30,12 @@ def dcp_report(result) -> str:
         f"({100 * p.params_reduction:.1f}% removed); FLOPs {p.flops_before:,} -> "
         f"{p.flops_after:,} ({100 * p.flops_reduction:.1f}% removed); {result.seconds:.1f} s"
     )
+    for st in getattr(result, "stages", None) or []:
+        lines.append(
+            f"stage {st.index + 1} ({st.head}): fine-tuned {st.epochs} epoch(s) in "
+            f"{st.fit_seconds:.1f} s, then {len(st.groups)} group(s) selected in "
+            f"{st.select_seconds:.1f} s; FLOPs {100 * st.flops_reduction:.1f}% removed so far"
+        )
     for name, why in result.skipped.items():
         lines.append(f"not selected: {name}: {why}")
     lines += _rejected_line(result)

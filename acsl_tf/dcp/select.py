@@ -255,7 +255,17 @@ class DCPResult:
             (zero on removed input channels).
         skipped: ``{group name: reason}`` for prunable groups that were not
             selected.
-        seconds: Wall time of the selection.
+        seconds: Wall time of the selection (stage-wise: with the
+            fine-tuning).
+        model: The model the plan and kernels apply to: the model selected
+            on, or for the stage-wise schedule its fine-tuned copy.
+        heads: The auxiliary heads (set by
+            :func:`~acsl_tf.discrimination_aware_prune` and the stage-wise
+            schedule).
+        schedule: ``"once"`` (:func:`select_channels`) or ``"stagewise"``
+            (:func:`~acsl_tf.dcp.select_channels_stagewise`).
+        stages: For the stage-wise schedule, one
+            :class:`~acsl_tf.dcp.StageRecord` per stage, in the order run.
     """
 
     keep: dict
@@ -266,6 +276,8 @@ class DCPResult:
     seconds: float = 0.0
     model: object = field(default=None, repr=False)
     heads: object = field(default=None, repr=False)
+    schedule: str = "once"
+    stages: list = field(default_factory=list)
 
     def apply(self, model=None, *, verify="warn"):
         """The thin model: ``plan`` applied with the re-optimised kernels.
@@ -356,7 +368,7 @@ class _Stage:
 class _Context:
     """The graph, data, heads and working kernels of one selection run."""
 
-    def __init__(self, model, x, y, heads, aux_weight, task_loss, n_samples, graph):
+    def __init__(self, model, x, y, heads, aux_weight, task_loss, n_samples, graph, reference=None):
         _keras.check_graph_model(model, "acsl_tf.dcp")
         self.model = model
         self.g = graph if graph is not None else DependencyGraph(model)
@@ -374,6 +386,13 @@ class _Context:
         if n == 0:
             raise ValueError("x holds no samples. Received: x with 0 samples")
         self.inputs = self.engine.inputs_of(x)
+        # the baseline of the reconstruction: ``model`` itself, or a model of
+        # the same architecture holding the baseline weights
+        self.ref_engine, self.ref_inputs, self.ref_calls = self.engine, self.inputs, None
+        if reference is not None:
+            self.ref_engine = Engine(DependencyGraph(reference))
+            self.ref_inputs = self.ref_engine.inputs_of(x)
+            self.ref_calls = _aligned_calls(tr, self.ref_engine.trace, model, reference)
         self.y = None if y is None else keras.ops.convert_to_tensor(np.asarray(y)[:n_samples])
         self.aux_weight = float(aux_weight)
         self.stages = []
@@ -459,12 +478,32 @@ class _Context:
             dict(self.inputs), before, kernels=work, masks=self.head_masks(), keep=need
         )
         cache = {k: values[k] for k in need}
-        base_calls = [c for c in self.g.trace.calls if c.index <= max(x.index for x in calls)]
+        last = max(x.index for x in calls)
+        ref_calls = [c for c in self.ref_engine.trace.calls if c.index <= last]
+        mine = [c if self.ref_calls is None else self.ref_calls[c.index] for c in calls]
         lin = {}
-        base_k = {id(c.op): c.op.kernel for c in calls}
-        self.engine.run(dict(self.inputs), base_calls, kernels=base_k, linear_out=lin, keep=set())
+        base_k = {id(c.op): c.op.kernel for c in mine}
+        self.ref_engine.run(
+            dict(self.ref_inputs), ref_calls, kernels=base_k, linear_out=lin, keep=set()
+        )
         base = {c.index: lin[c.index] for c in calls}
         return cache, base
+
+
+def _aligned_calls(trace, ref_trace, model, reference):
+    """``{call index: call of ref_trace}``: the same layer at the same
+    position in both traces (a model and its clone)."""
+    a, b = trace.calls, ref_trace.calls
+    same = len(a) == len(b) and all(
+        type(x.op) is type(y.op) and x.op.name == y.op.name and x.index == y.index
+        for x, y in zip(a, b)
+    )
+    if not same:
+        raise ValueError(
+            "The reference model must have the same architecture as the model (a clone of "
+            f"it). Received: model={model.name!r}, reference={reference.name!r}"
+        )
+    return {y.index: y for y in b}
 
 
 def _value_and_grad_fn(ctx, calls, ops, stage, down, cache, base, head_mask_fn, compiled=True):
@@ -716,7 +755,80 @@ def select_channels(
         >>> small = res.apply()
     """
     t0 = time.perf_counter()
-    _keras.check_graph_model(model, "select_channels")
+    run = _setup(
+        model,
+        x,
+        y,
+        heads=heads,
+        channels=channels,
+        target_flops=target_flops,
+        target_params=target_params,
+        epsilon=epsilon,
+        aux_weight=aux_weight,
+        task_loss=task_loss,
+        steps=steps,
+        learning_rate=learning_rate,
+        momentum=momentum,
+        n_samples=n_samples,
+        min_channels=min_channels,
+        layers=layers,
+        ignored_layers=ignored_layers,
+        per_step=per_step,
+        caller="select_channels",
+    )
+    for i in range(len(run.cands)):
+        _select_group(run, i, verbose)
+    return _finish(run, t0)
+
+
+@dataclass
+class _Run:
+    """The state of one selection: graph, context, candidate groups in graph
+    order ``(first consumer index, root, calls, label)``, their target
+    counts, the settings and what was selected so far."""
+
+    g: object
+    ctx: object
+    cands: list
+    skipped: dict
+    sizes: dict
+    counts: dict
+    epsilon: object
+    steps: int
+    learning_rate: float
+    momentum: float
+    per_step: object
+    min_channels: int
+    keep: dict = field(default_factory=dict)
+    layers: list = field(default_factory=list)
+
+
+def _setup(
+    model,
+    x,
+    y,
+    *,
+    heads,
+    channels,
+    target_flops,
+    target_params,
+    epsilon,
+    aux_weight,
+    task_loss,
+    steps,
+    learning_rate,
+    momentum,
+    n_samples,
+    min_channels,
+    layers,
+    ignored_layers,
+    per_step,
+    caller,
+    reference=None,
+) -> _Run:
+    """Check the arguments of a channel selection, find the candidate
+    groups and their target counts."""
+    _keras.check_graph_model(model, caller)
     rules = dict(
         channels=channels, target_flops=target_flops, target_params=target_params, epsilon=epsilon
     )
@@ -739,7 +851,7 @@ def select_channels(
     else:
         per_step = _validation.positive_int(per_step, "per_step")
     g = DependencyGraph(model, ignored_layers=ignored_layers)
-    ctx = _Context(model, x, y, heads, aux_weight, task_loss, n_samples, g)
+    ctx = _Context(model, x, y, heads, aux_weight, task_loss, n_samples, g, reference)
     only = _resolve_layers(g, layers)
     per_layer = None
     if isinstance(channels, dict):
@@ -800,86 +912,114 @@ def select_channels(
                 names = _group_names(g.groups[r])
                 key = next(n for n in per_layer if n in names)
                 counts[r] = _count_of(per_layer[key], sizes[r], f"channels[{key!r}]")
-    layers_out, keep = [], {}
-    for i, (_, r, calls, label) in enumerate(cands):
-        t1 = time.perf_counter()
-        stage_i, stage, down = ctx.stage_for(calls)
-        cache, base = ctx.prepare(calls, down)
-        ops = list(dict.fromkeys(c.op for c in calls))
-        slots = {}
-        for c in calls:
-            slots[id(c.op)] = slot_channels(g, c, r)
-        unit_of = [
-            np.broadcast_to(slots[id(o)][:, None], (len(slots[id(o)]), o.kernel.shape[-1])).copy()
-            for o in ops
-        ]
-        selected_now = {}
+    return _Run(
+        g=g,
+        ctx=ctx,
+        cands=cands,
+        skipped=skipped,
+        sizes=sizes,
+        counts=counts,
+        epsilon=epsilon,
+        steps=steps,
+        learning_rate=learning_rate,
+        momentum=momentum,
+        per_step=per_step,
+        min_channels=min_channels,
+    )
 
-        def head_mask_fn(sel=selected_now):
-            return {k: keras.ops.convert_to_tensor(v) for k, v in ctx.head_masks(sel).items()}
 
-        vg = _value_and_grad_fn(ctx, calls, ops, stage, down or [], cache, base, head_mask_fn)
-        bar = None
-        n_target = counts.get(r)
-        if verbose:
-            print(f"DCP [{i + 1}/{len(cands)}] {label}: {sizes[r]} channels", flush=True)
-            bar = keras.utils.Progbar(n_target or sizes[r], verbose=1 if verbose else 0)
+def _select_group(run: _Run, i: int, verbose) -> LayerSelection:
+    """Greedy selection of candidate group ``i`` of ``run`` in the network
+    pruned so far; records it in ``run`` (and its context)."""
+    g, ctx, sizes, counts = run.g, run.ctx, run.sizes, run.counts
+    epsilon, steps, learning_rate = run.epsilon, run.steps, run.learning_rate
+    momentum, per_step, min_channels = run.momentum, run.per_step, run.min_channels
+    cands = run.cands
+    _, r, calls, label = cands[i]
+    t1 = time.perf_counter()
+    stage_i, stage, down = ctx.stage_for(calls)
+    cache, base = ctx.prepare(calls, down)
+    ops = list(dict.fromkeys(c.op for c in calls))
+    slots = {}
+    for c in calls:
+        slots[id(c.op)] = slot_channels(g, c, r)
+    unit_of = [
+        np.broadcast_to(slots[id(o)][:, None], (len(slots[id(o)]), o.kernel.shape[-1])).copy()
+        for o in ops
+    ]
+    selected_now = {}
 
-        def progress(n, loss, bar=bar):
-            if bar is not None:
-                bar.update(n, [("loss", loss)])
+    def head_mask_fn(sel=selected_now):
+        return {k: keras.ops.convert_to_tensor(v) for k, v in ctx.head_masks(sel).items()}
 
-        def on_select(order, r=r, sel=selected_now):
-            sel[r] = np.sort(np.asarray(order, np.int64))
+    vg = _value_and_grad_fn(ctx, calls, ops, stage, down or [], cache, base, head_mask_fn)
+    bar = None
+    n_target = counts.get(r)
+    if verbose:
+        print(f"DCP [{i + 1}/{len(cands)}] {label}: {sizes[r]} channels", flush=True)
+        bar = keras.utils.Progbar(n_target or sizes[r], verbose=1 if verbose else 0)
 
-        # the auxiliary head sees only the channels of the group chosen so far
-        selected_now[r] = np.zeros(0, np.int64)
-        trace = greedy_select(
-            vg,
-            [ctx.kernel(o) for o in ops],
-            unit_of,
+    def progress(n, loss, bar=bar):
+        if bar is not None:
+            bar.update(n, [("loss", loss)])
+
+    def on_select(order, r=r, sel=selected_now):
+        sel[r] = np.sort(np.asarray(order, np.int64))
+
+    # the auxiliary head sees only the channels of the group chosen so far
+    selected_now[r] = np.zeros(0, np.int64)
+    trace = greedy_select(
+        vg,
+        [ctx.kernel(o) for o in ops],
+        unit_of,
+        sizes[r],
+        on_select=on_select,
+        count=n_target,
+        epsilon=epsilon,
+        steps=steps,
+        learning_rate=learning_rate,
+        momentum=momentum,
+        per_step=(
+            max(1, math.ceil(per_step * sizes[r])) if isinstance(per_step, float) else per_step
+        ),
+        min_units=min_channels,
+        progress=progress,
+    )
+    if bar is not None and n_target is None:
+        bar.update(sizes[r], [("loss", trace.losses[-1])], finalize=True)
+    kept = np.sort(np.asarray(trace.order, np.int64))
+    ctx.removed[r] = kept
+    for o, w in zip(ops, trace.kernels):
+        ctx.kernels[id(o)] = w
+    run.keep[_keep_name(g, r)] = kept
+    sel = LayerSelection(
+        name=label,
+        consumers=tuple(g.name(o) for o in ops),
+        size=sizes[r],
+        kept=tuple(int(k) for k in kept),
+        order=tuple(trace.order),
+        losses=tuple(trace.losses),
+        loss_head=None if stage is None or ctx.aux_weight == 0 else stage.name,
+        seconds=time.perf_counter() - t1,
+        stage=-1 if stage_i is None else stage_i,
+        rejected=trace.rejected,
+    )
+    run.layers.append(sel)
+    if verbose > 1:
+        logger.info(
+            "DCP %s: kept %d of %d, loss %.4g -> %.4g",
+            label,
+            len(kept),
             sizes[r],
-            on_select=on_select,
-            count=n_target,
-            epsilon=epsilon,
-            steps=steps,
-            learning_rate=learning_rate,
-            momentum=momentum,
-            per_step=(
-                max(1, math.ceil(per_step * sizes[r])) if isinstance(per_step, float) else per_step
-            ),
-            min_units=min_channels,
-            progress=progress,
+            trace.losses[0],
+            trace.losses[-1],
         )
-        if bar is not None and n_target is None:
-            bar.update(sizes[r], [("loss", trace.losses[-1])], finalize=True)
-        kept = np.sort(np.asarray(trace.order, np.int64))
-        ctx.removed[r] = kept
-        for o, w in zip(ops, trace.kernels):
-            ctx.kernels[id(o)] = w
-        keep[_keep_name(g, r)] = kept
-        sel = LayerSelection(
-            name=label,
-            consumers=tuple(g.name(o) for o in ops),
-            size=sizes[r],
-            kept=tuple(int(k) for k in kept),
-            order=tuple(trace.order),
-            losses=tuple(trace.losses),
-            loss_head=None if stage is None or ctx.aux_weight == 0 else stage.name,
-            seconds=time.perf_counter() - t1,
-            stage=-1 if stage_i is None else stage_i,
-            rejected=trace.rejected,
-        )
-        layers_out.append(sel)
-        if verbose > 1:
-            logger.info(
-                "DCP %s: kept %d of %d, loss %.4g -> %.4g",
-                label,
-                len(kept),
-                sizes[r],
-                trace.losses[0],
-                trace.losses[-1],
-            )
+    return sel
+
+
+def _finish(run: _Run, t0: float) -> DCPResult:
+    """The :class:`DCPResult` of the groups selected in ``run``."""
+    g, ctx, keep, model = run.g, run.ctx, run.keep, run.ctx.model
     from acsl_tf.pruning import plan_shrink
 
     plan = plan_shrink(model, keep=keep, graph=g, criterion="l1")
@@ -888,9 +1028,9 @@ def select_channels(
     return DCPResult(
         keep={k: tuple(int(i) for i in v) for k, v in keep.items()},
         plan=plan,
-        layers=layers_out,
+        layers=run.layers,
         kernels=kernels,
-        skipped=skipped,
+        skipped=run.skipped,
         seconds=time.perf_counter() - t0,
         model=model,
     )
