@@ -762,7 +762,8 @@ def dcp_settings(mode: str, task_name: str) -> dict:
         out["aux_epochs"] = cfg["sparsity_epochs"]
     if out["aux_lr"] is None:
         out["aux_lr"] = cfg["sparsity_lr"]
-    for key, low in (("aux_epochs", 0), ("max_heads", 1), ("n_samples", 1), ("steps", 0)):
+    ints = (("aux_epochs", 0), ("max_heads", 1), ("n_samples", 1), ("steps", 0))
+    for key, low in ints + (("stage_epochs", 0),):
         v = out[key]
         if isinstance(v, bool) or not isinstance(v, int) or v < low:
             raise ValueError(
@@ -776,6 +777,12 @@ def dcp_settings(mode: str, task_name: str) -> dict:
         raise ValueError(
             f"DCP setting 'per_step' of {mode}/{task_name} must be an int >= 1 or a "
             f"fraction in (0, 1] of each group. Received: per_step={p!r}"
+        )
+    e = out["epsilon"]
+    if isinstance(e, bool) or not isinstance(e, (int, float)) or not 0.0 <= e < 1.0:
+        raise ValueError(
+            f"DCP setting 'epsilon' of {mode}/{task_name} must be a number in [0, 1). "
+            f"Received: epsilon={e!r}"
         )
     return out
 
@@ -832,18 +839,26 @@ def kernel_zero_fraction(model, names) -> float:
     return zero / max(total, 1)
 
 
-def prune_dcp(kind: str, model, heads, x, y, target: float, settings: dict):
+def prune_dcp(
+    kind: str, model, heads, x, y, target: float, settings: dict, options=None, task=None
+):
     """DCP or DKP of ``model`` (fine-tuned with ``heads``) to ``target``.
 
     ``"dcp"``: ``select_channels(target_flops=target)``, the thin model with
-    the re-fitted kernels. ``"dkp"``: ``select_kernels`` keeping ``1 -
-    target`` of the kernels of every conv (:func:`dkp_layers`); a copy of the
-    model with the others zero.
+    the re-fitted kernels; with ``options`` ``schedule="stagewise"``,
+    ``select_channels_stagewise`` (``settings["stage_epochs"]`` per stage on
+    ``task``'s training pipeline, SGD at ``aux_lr``, BatchNorm statistics
+    re-estimated after each stage's fine-tuning); with ``stopping="epsilon"``
+    the adaptive rule (``settings["epsilon"]``) instead of the target.
+    ``"dkp"``: ``select_kernels`` keeping ``1 - target`` of the kernels of
+    every conv (:func:`dkp_layers`); a copy of the model with the others zero.
 
     Returns:
         ``(pruned model, record fields, fine-tuning callbacks)``; for DKP the
         callback keeps the pruned kernels at zero.
     """
+    import keras
+
     from acsl_tf import dcp
 
     kw = dict(
@@ -855,21 +870,54 @@ def prune_dcp(kind: str, model, heads, x, y, target: float, settings: dict):
         verbose=0,
     )
     t0 = time.time()
+    options = dict(options or {})
     if kind == "dcp":
-        res = dcp.select_channels(
-            model,
-            x,
-            y,
-            heads=heads,
-            target_flops=float(target),
-            per_step=settings["per_step"],
-            **kw,
-        )
+        stop = dict(target_flops=float(target))
+        if options.get("stopping") == "epsilon":
+            stop = dict(epsilon=float(settings["epsilon"]))
+        if options.get("schedule") == "stagewise":
+            res = dcp.select_channels_stagewise(
+                model,
+                x,
+                y,
+                heads=heads,
+                stage_epochs=settings["stage_epochs"],
+                train_data=task.train_ds(),
+                steps_per_epoch=task.steps_per_epoch,
+                optimizer=lambda: keras.optimizers.SGD(settings["aux_lr"], momentum=0.9),
+                callbacks=[_recalibrate_bn_callback(task)],
+                run_eagerly=task.eager,
+                per_step=settings["per_step"],
+                **stop,
+                **kw,
+            )
+        else:
+            res = dcp.select_channels(
+                model, x, y, heads=heads, per_step=settings["per_step"], **stop, **kw
+            )
         small = res.apply()
         fields = dict(
             widths=[[s.name, s.size, len(s.kept)] for s in res.layers],
             not_selected=dict(res.skipped),
+            schedule=res.schedule,
+            stopping=options.get("stopping", "target"),
         )
+        if res.stages:
+            fields["stages"] = [
+                dict(
+                    head=st.head,
+                    groups=list(st.groups),
+                    epochs=st.epochs,
+                    seconds_finetune=round(st.fit_seconds, 1),
+                    seconds_select=round(st.select_seconds, 1),
+                    flops_reduction=st.flops_reduction,
+                )
+                for st in res.stages
+            ]
+            fields["seconds_stage_finetune"] = round(sum(st.fit_seconds for st in res.stages), 1)
+        if "epsilon" in stop:
+            fields["epsilon"] = stop["epsilon"]
+            fields["target_met"] = res.plan.flops_reduction >= float(target) - 1e-9
         callbacks = []
     elif kind == "dkp":
         layers = dkp_layers(model)
@@ -894,6 +942,23 @@ def prune_dcp(kind: str, model, heads, x, y, target: float, settings: dict):
         seconds_select=round(time.time() - t0, 1),
     )
     return small, fields, callbacks
+
+
+def _recalibrate_bn_callback(task):
+    """A ``fit`` callback re-estimating the BatchNorm statistics at the end of
+    each stage-wise fine-tuning, as after every training step of the
+    benchmark."""
+    import keras
+
+    from acsl_tf import workflow as wf
+    from acsl_tf.dcp import AuxiliaryHeads
+
+    class Recalibrate(keras.callbacks.Callback):
+        def on_train_end(self, logs=None):
+            net = self.model
+            wf.recalibrate_bn(net.model if isinstance(net, AuxiliaryHeads) else net, task)
+
+    return Recalibrate()
 
 
 def _export(model, task, work, name, runs):
@@ -955,7 +1020,9 @@ def run_task_seed(
                 todo[m] = [(None, "plain")]
             continue
         items = []
-        for t in targets:
+        # an adaptive method ignores the target: one run, under the first target
+        adaptive = (METHODS[m].get("options") or {}).get("stopping") == "epsilon"
+        for t in targets[:1] if adaptive else targets:
             fts = ["plain"]
             if distill and t == distill_target and m in distill_methods:
                 fts.append("distill")
@@ -1159,7 +1226,9 @@ def run_task_seed(
             if kind == "shrink":
                 small = wf.prune(source, target_flops=t, criterion=spec["criterion"], seed=seed)
             else:
-                small, fields, keep = prune_dcp(kind, source, aux, xc, yc, t, dset)
+                small, fields, keep = prune_dcp(
+                    kind, source, aux, xc, yc, t, dset, options=spec["options"], task=task
+                )
             if keep and ft == "distill":
                 raise ValueError(
                     f"{m} keeps its pruned kernels at zero with a callback on the model's "

@@ -457,6 +457,39 @@ def test_dcp_configs():
         assert "dkp" not in mode.get("distill_methods", ())  # its masks need the plain model
 
 
+def test_dcp_stagewise_and_eps_configs(monkeypatch, tmp_path):
+    assert METHODS["dcp_stagewise"]["prune"] == "dcp"
+    assert METHODS["dcp_stagewise"]["options"] == {"schedule": "stagewise"}
+    assert METHODS["dcp_eps"]["prune"] == "dcp"
+    assert METHODS["dcp_eps"]["options"] == {"stopping": "epsilon"}
+    for m in ("dcp_stagewise", "dcp_eps"):
+        assert METHODS[m]["sparsity"] is None and METHODS[m]["criterion"] == "dcp"
+        for mode in MODES.values():  # run on request only
+            assert m not in mode["methods"] and m not in mode.get("distill_methods", ())
+    s = cb.dcp_settings("smoke", "classification")
+    assert s["stage_epochs"] == 1 and s["epsilon"] == 0.002
+    smoke = dict(MODES["smoke"])
+    monkeypatch.setitem(MODES, "smoke", smoke)
+    smoke["dcp"] = dict(stage_epochs=0, epsilon=0)
+    s = cb.dcp_settings("smoke", "classification")
+    assert s["stage_epochs"] == 0 and s["epsilon"] == 0
+    for bad in (
+        dict(stage_epochs=-1),
+        dict(stage_epochs=1.0),
+        dict(epsilon=-0.1),
+        dict(epsilon=1.0),
+        dict(epsilon="0.01"),
+        dict(epsilon=True),
+    ):
+        smoke["dcp"] = bad
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            cb.dcp_settings("smoke", "classification")
+    # the command line accepts them
+    argv = ["--mode", "smoke", "--methods", "dcp_stagewise,dcp_eps", "--summary-only",
+            "--out-dir", str(tmp_path)]
+    assert cb.main(argv) == 0
+
+
 def test_calibration_batch_takes_at_most_one_epoch():
     import types
 
@@ -550,6 +583,37 @@ def test_smoke_dcp_classification_and_counting(tmp_path):
     assert dkp["kernel_sparsity"] == pytest.approx(0.5, abs=0.02)
     assert dkp["kernel_sparsity_finetuned"] == pytest.approx(dkp["kernel_sparsity"])
     assert dkp["sparse_bytes"] < dkp["dense_bytes"]
+
+
+@pytest.mark.slow
+def test_smoke_dcp_stagewise_classification(tmp_path):
+    """``--methods baseline,dcp_stagewise`` end to end on the tiny
+    classification task."""
+    import math
+
+    out, work = str(tmp_path / "out"), str(tmp_path / "work")
+    argv = ["--mode", "smoke", "--tasks", "classification", "--methods",
+            "baseline,dcp_stagewise", "--no-export", "--out-dir", out, "--work-dir", work]
+    assert cb.main(argv) == 0
+    recs = {r["method"]: r for r in cb.load_records(out, "smoke")}
+    assert sorted(recs) == ["baseline", "dcp_stagewise"]
+    r = recs["dcp_stagewise"]
+    assert r["target"] == 0.5 and r["criterion"] == "dcp" and r["schedule"] == "stagewise"
+    assert r["stopping"] == "target"
+    assert 0.5 - 1e-6 <= r["flops_reduction"] <= 0.65
+    assert r["params"] < recs["baseline"]["params"]
+    for key in ("metric", "metric_pruned", "metric_sparse"):
+        assert math.isfinite(r[key]) and 0.0 <= r[key] <= 1.0
+    stages = r["stages"]
+    assert [st["head"] for st in stages][-1] == "output"
+    assert len(stages) == len(r["aux_points"]) + 1  # a stage per head, then the output
+    assert all(st["epochs"] == 1 for st in stages)
+    reductions = [st["flops_reduction"] for st in stages]
+    assert reductions == sorted(reductions)
+    assert reductions[-1] == pytest.approx(r["flops_reduction"], abs=1e-6)
+    assert sum(len(st["groups"]) for st in stages) == len(r["widths"])
+    assert r["dcp"] == cb.dcp_settings("smoke", "classification")
+    assert r["seconds_stage_finetune"] > 0
 
 
 def test_export_records_an_int8_parity_failure(monkeypatch):
