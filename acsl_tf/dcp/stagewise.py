@@ -223,7 +223,8 @@ def select_channels_stagewise(
             stage, the model's output.
         stage_epochs: Fine-tuning epochs before each stage's selection.
         train_data: Fine-tuning data for ``fit`` (e.g. a ``tf.data``
-            pipeline of ``(x, y)`` batches) instead of ``x, y``.
+            pipeline of ``(x, y)`` batches, shuffled by itself) instead of
+            ``x, y``.
         steps_per_epoch: Steps per epoch with ``train_data``.
         batch_size: Fine-tuning batch size on ``x, y``.
         optimizer: Fine-tuning optimizer: None (SGD 0.01, momentum 0.9), an
@@ -434,6 +435,7 @@ def _fit_stage(
             train_data,
             epochs=epochs,
             steps_per_epoch=steps_per_epoch,
+            shuffle=False,  # a pipeline shuffles itself
             callbacks=callbacks,
             verbose=fit_verbose,
         )
