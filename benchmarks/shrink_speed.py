@@ -5,13 +5,21 @@ The same architectures (keras.applications vs torchvision, random weights,
 every run (imports and model build excluded from the timing), runs of the
 two tools interleaved, medians reported. acsl_tf is timed with and without
 its exactness measurement (``verify``), which Torch-Pruning does not do.
+For acsl_tf the CPU seconds of the same span are given too (all threads of
+the process): on a loaded machine they vary less than the wall time.
 
 Torch-Pruning runs in its own venv (``benchmarks/setup_torch_venv.sh``
 creates ``.venv-torch``); without it only acsl_tf is timed.
 
+``--baseline DIR`` also times another version of acsl_tf in the same
+interleaved runs: DIR holds its ``acsl_tf`` package, e.g. an export of an
+older commit (``mkdir DIR && git archive COMMIT acsl_tf | tar -x -C DIR``).
+The table then gives each current run's ratio to that version, measured
+side by side on the same (possibly loaded) machine.
+
 Usage:
     python benchmarks/shrink_speed.py [--repeats 5] [--only ResNet50,MobileNetV2]
-        [--out benchmarks/results/shrink_speed.md]
+        [--baseline DIR --baseline-label 9a1b054] [--out benchmarks/results/shrink_speed.md]
     python benchmarks/shrink_speed.py --worker ResNet50 224 0.3 warn   # one acsl_tf run
 """
 
@@ -42,29 +50,35 @@ def worker(name, size, ratio, verify):
 
     m = getattr(keras.applications, name)(weights=None, input_shape=(size, size, 3))
     t = time.perf_counter()
+    cpu = time.process_time()
     plan = acsl_tf.plan_shrink(m, ratio=ratio, criterion="l1")
     t_plan = time.perf_counter() - t
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = acsl_tf.apply_plan(m, plan, verify=verify if verify != "off" else False)
     seconds = time.perf_counter() - t
+    cpu = time.process_time() - cpu
     print(
         json.dumps(
             {
                 "tool": f"acsl_tf (verify={verify})",
                 "model": name,
                 "seconds": seconds,
+                "cpu_seconds": cpu,
                 "plan_seconds": t_plan,
                 "params_before": m.count_params(),
                 "params_after": res.model.count_params(),
                 "rel_error": res.rel_error,
+                "acsl_tf": os.path.dirname(os.path.abspath(acsl_tf.__file__)),
             }
         )
     )
 
 
-def _run(cmd):
+def _run(cmd, pythonpath=None):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    if pythonpath:  # found before the installed acsl_tf
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (pythonpath, env.get("PYTHONPATH")) if p)
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     for line in reversed(out.stdout.splitlines()):
         if line.startswith("{"):
@@ -79,6 +93,8 @@ def main(argv=None):
     ap.add_argument("--ratio", type=float, default=0.3)
     ap.add_argument("--only", default=",".join(MODELS))
     ap.add_argument("--out", default="")
+    ap.add_argument("--baseline", default="", metavar="DIR", help="another acsl_tf to time")
+    ap.add_argument("--baseline-label", default="baseline", metavar="NAME")
     ap.add_argument("--worker", nargs=4, metavar=("MODEL", "SIZE", "RATIO", "VERIFY"))
     args = ap.parse_args(argv)
     if args.worker:
@@ -86,44 +102,68 @@ def main(argv=None):
         worker(name, int(size), float(ratio), verify)
         return 0
     has_tp = TORCH_PY.exists()
+    baseline = os.path.abspath(args.baseline) if args.baseline else ""
+    if baseline and not os.path.isdir(os.path.join(baseline, "acsl_tf")):
+        ap.error(f"--baseline needs a directory holding an acsl_tf package, got {baseline!r}")
     results: dict = {}
     for name in args.only.split(","):
         for r in range(args.repeats):
-            cmds = {
-                "acsl_tf (verify=off)": [sys.executable, __file__, "--worker", name,
-                                         str(args.size), str(args.ratio), "off"],
-                "acsl_tf (verify=warn)": [sys.executable, __file__, "--worker", name,
-                                          str(args.size), str(args.ratio), "warn"],
-            }  # fmt: skip
+            cmds = {}
+            for verify in ("off", "warn"):
+                worker_cmd = [sys.executable, __file__, "--worker", name, str(args.size),
+                              str(args.ratio), verify]  # fmt: skip
+                cmds[f"acsl_tf (verify={verify})"] = (worker_cmd, None)
+                if baseline:
+                    cmds[f"acsl_tf {args.baseline_label} (verify={verify})"] = (
+                        worker_cmd,
+                        baseline,
+                    )
             if has_tp:
-                cmds["Torch-Pruning"] = [
+                cmds["Torch-Pruning"] = ([
                     str(TORCH_PY), str(ROOT / "benchmarks" / "_tp_worker.py"), name,
                     str(args.size), str(args.ratio),
-                ]  # fmt: skip
-            for tool, cmd in cmds.items():
-                row = _run(cmd)
+                ], None)  # fmt: skip
+            for tool, (cmd, path) in cmds.items():
+                row = _run(cmd, path)
+                if path and not row["acsl_tf"].startswith(path):
+                    raise RuntimeError(f"{tool} imported acsl_tf from {row['acsl_tf']}, not {path}")
                 results.setdefault((name, tool), []).append(row)
                 print(f"[{name} {r + 1}/{args.repeats}] {tool}: {row['seconds']:.2f} s", flush=True)
     lines = [
         f"{args.size} px, {int(args.ratio * 100)}% of the channels by L1 magnitude, "
         f"median of {args.repeats} fresh processes (min-max)",
         "",
-        "| model | tool | seconds | params before -> after | ratio to Torch-Pruning |",
-        "|---|---|---:|---|---:|",
+        "| model | tool | seconds | CPU seconds | params before -> after | ratio to Torch-Pruning |"
+        + (f" ratio to {args.baseline_label} |" if baseline else ""),
+        "|---|---|---:|---:|---|---:|" + ("---:|" if baseline else ""),
     ]
+
+    def median_of(name, tool):
+        rows = results.get((name, tool))
+        return statistics.median(r["seconds"] for r in rows) if rows else None
+
     for name in args.only.split(","):
-        tp = results.get((name, "Torch-Pruning"))
-        tp_med = statistics.median(r["seconds"] for r in tp) if tp else None
+        tp_med = median_of(name, "Torch-Pruning")
         for (n, tool), rows in results.items():
             if n != name:
                 continue
             secs = [r["seconds"] for r in rows]
             med = statistics.median(secs)
             ratio = f"{med / tp_med:.2f}x" if tp_med and tool != "Torch-Pruning" else ""
-            lines.append(
-                f"| {name} | {tool} | {med:.2f} ({min(secs):.2f}-{max(secs):.2f}) | "
+            cpus = [r["cpu_seconds"] for r in rows if "cpu_seconds" in r]
+            cpu = f"{statistics.median(cpus):.2f}" if cpus else ""
+            line = (
+                f"| {name} | {tool} | {med:.2f} ({min(secs):.2f}-{max(secs):.2f}) | {cpu} | "
                 f"{rows[0]['params_before']:,} -> {rows[0]['params_after']:,} | {ratio} |"
             )
+            if baseline:
+                base = None
+                if tool.startswith("acsl_tf (verify="):
+                    base = median_of(
+                        name, tool.replace("acsl_tf", f"acsl_tf {args.baseline_label}")
+                    )
+                line += f" {med / base:.2f}x |" if base else " |"
+            lines.append(line)
     table = "\n".join(lines)
     print(table)
     if args.out:
