@@ -481,3 +481,19 @@ def test_channel_times_a_per_sample_gate_is_reported():
     bn.set_weights([g, b, mm, mv])
     res = apply_plan(m, plan_shrink(m, keep={"bn": [0, 2, 3]}), verify=False)
     assert any("not constant" in n for n in res.approximations), res.approximations
+
+
+def test_layerscale_width_follows_the_pruned_channels():
+    """ConvNeXt's LayerScale builds its gamma from `projection_dim`: the
+    rebuilt layer must get the new width (it failed to build before)."""
+    from keras.src.applications.convnext import LayerScale
+
+    inp = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(16, 1, name="c1")(inp)
+    x = LayerScale(1e-1, 16, name="ls")(x)
+    x = keras.layers.Conv2D(4, 1, name="c2")(x)
+    m = keras.Model(inp, x)
+    small = acsl_tf.shrink(m, ratio=0.5, criterion="l1", verify="raise")
+    ls = small.get_layer("ls")
+    assert ls.get_config()["projection_dim"] == small.get_layer("c1").filters == 8
+    assert tuple(ls.weights[0].shape) == (8,)

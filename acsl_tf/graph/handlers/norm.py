@@ -114,6 +114,10 @@ class NormHandler(LayerHandler):
         return 0, _n(outs[0])
 
 
+#: Config keys that hold a per-channel layer's channel count.
+_WIDTH_KEYS = ("projection_dim", "channels", "num_channels")
+
+
 class PerChannelWeights(PassThrough):
     """Pass-through layers whose weights have a per-channel last axis
     (PReLU alpha, ConvNeXt LayerScale): weights whose last dim equals the
@@ -134,7 +138,13 @@ class PerChannelWeights(PassThrough):
             return layer.get_config(), ws
         c = self._c(layer)
         out = [w[..., ik] if (w.ndim and w.shape[-1] == c and c > 1) else w for w in ws]
-        return layer.get_config(), out
+        cfg = layer.get_config()
+        # Layers that build their per-channel weights from a width in their
+        # config (ConvNeXt's LayerScale: projection_dim) get the new width.
+        for key in _WIDTH_KEYS:
+            if isinstance(cfg.get(key), int) and cfg[key] == c:
+                cfg[key] = len(ik)
+        return cfg, out
 
     def params(self, layer, in_c, out_c):
         total = 0
