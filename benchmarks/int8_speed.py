@@ -21,11 +21,13 @@ Parts (all with the LiteRT interpreter, 1 thread, batch 1):
    TFLite file with the channel counts rounded up to the steps of part 1
    (:func:`tile_macs`), the gain the padded kernels can deliver.
 3. **Runtime and converter options** on one model: XNNPACK off (the builtin
-   kernels), per-tensor instead of per-channel weights, float32 input/output.
-4. **Breakdown** (``--breakdown``, one model): every Conv2D / DepthwiseConv2D /
-   Dense is timed alone (a one-layer model of the same shapes) next to the
-   whole model; the sum gives the share of time in those layers and the
-   speed-up of the convolutions alone versus the rest.
+   kernels), per-tensor instead of per-channel weights, float32 input/output,
+   and a trace without acsl_tf's oneDNN workaround (no STRIDED_SLICE ops).
+4. **Breakdown** (``--breakdown``, comma-separated models): every Conv2D /
+   DepthwiseConv2D / Dense is timed alone (a one-layer model of the same
+   shapes, less the time of an empty invoke) next to the whole model; the sum
+   gives the share of time in those layers and the speed-up of the layers
+   alone versus the rest.
 
 **Timing.** Every measurement is a ratio taken side by side in one process:
 each round times ``--runs`` invokes of every model of a group, the order
@@ -39,8 +41,8 @@ inflates long invokes more than short ones (the wall-clock speed-up is
 reported too).
 
 Models: ``acsl_tf.models`` vgg_small, unet (width 0.25), cifar_resnet(20),
-vgg16_decoder (width 0.25, linear output), and ``keras.applications`` MobileNetV2 and
-ResNet50 with random weights. BatchNorm gammas are spread log-uniformly (as
+vgg16_decoder (width 0.25, linear output), and ``keras.applications``
+MobileNetV2 and ResNet50 with random weights. BatchNorm gammas are spread log-uniformly (as
 after sparsity training) so that the gamma criterion has something to rank;
 latency does not depend on weight values. Targets that ``round_to`` makes
 unreachable are listed as such.
@@ -51,13 +53,14 @@ finish, so an interrupted run resumes where it stopped (``--fresh`` starts
 over).
 
 Usage:
-    .venv/bin/python benchmarks/int8_speed.py            # ~25 min on 2 loaded cores
+    .venv/bin/python benchmarks/int8_speed.py            # ~35 min on 2 loaded cores
     .venv/bin/python benchmarks/int8_speed.py --quick    # smoke test
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -222,7 +225,8 @@ def markdown_table(headers, rows) -> str:
     align = []
     for k in range(len(headers)):
         col = [r[k] for r in rows]
-        numeric = col and all(_looks_numeric(v) for v in col if v != "")
+        filled = [v for v in col if v != ""]
+        numeric = bool(filled) and sum(map(_looks_numeric, filled)) > len(filled) / 2
         align.append("---:" if numeric else "---")
     lines.append("|" + "|".join(align) + "|")
     for r in rows:
@@ -294,17 +298,38 @@ def randomize_bn(model, seed=0):
     return model
 
 
-def convert_fast(model, quantization: str, rep, *, per_tensor=False, int8_io=True) -> bytes:
+@contextlib.contextmanager
+def without_onednn_workaround():
+    """Trace with Keras' own convolution: ``import acsl_tf`` computes strided
+    1x1 convolutions as a strided slice + stride-1 convolution (acsl_tf.onednn),
+    which a trace carries into the TFLite graph as STRIDED_SLICE ops."""
+    from acsl_tf import onednn
+
+    installed = onednn.workaround_installed()
+    if installed:
+        onednn.uninstall_workaround()
+    try:
+        yield installed
+    finally:
+        if installed:
+            onednn.install_workaround()
+
+
+def convert_fast(
+    model, quantization: str, rep, *, per_tensor=False, int8_io=True, plain_conv=False
+) -> bytes:
     """Convert a small Keras model from a frozen concrete function (no
     SavedModel on disk: much faster than ``to_tflite`` for the one-layer models
-    of parts 1 and 4, same converter settings)."""
+    of parts 1 and 4, same converter settings). ``plain_conv``: trace without
+    acsl_tf's oneDNN workaround (:func:`without_onednn_workaround`)."""
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import (
         convert_variables_to_constants_v2,
     )
 
     spec = tf.TensorSpec((1,) + tuple(model.input_shape[1:]), tf.float32)
-    fn = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
+    with without_onednn_workaround() if plain_conv else contextlib.nullcontext():
+        fn = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
     converter = tf.lite.TFLiteConverter.from_concrete_functions(
         [convert_variables_to_constants_v2(fn)]
     )
@@ -371,6 +396,10 @@ class Runner:
                 x = rng.random(d["shape"]).astype(dtype)
             it.set_tensor(d["index"], x)
         self.interpreter = it
+        ops = [o["op_name"] for o in it._get_ops_details()]
+        # delegated subgraphs, and the ops the delegate left to the builtin kernels
+        self.partitions = ops.count("DELEGATE")
+        self.op_names = ops
 
     def __call__(self, n):
         invoke = self.interpreter.invoke
@@ -588,6 +617,10 @@ def part_options(name, target, args) -> dict:
         "XNNPACK off (builtin kernels)": ({}, False),
         "per-tensor weights": ({"per_tensor": True}, True),
         "float32 I/O": ({"int8_io": False}, True),
+        "traced without acsl_tf's oneDNN workaround (no STRIDED_SLICE)": (
+            {"plain_conv": True},
+            True,
+        ),
     }
     runners = {}
     for label, (conv_kw, xnnpack) in settings.items():
@@ -613,6 +646,8 @@ def part_options(name, target, args) -> dict:
                 "base_time_vs_default": rel,
                 "speedup": sp["median"],
                 "efficiency": efficiency(sp["median"], macs_ratio),
+                "partitions": runners[label, "base"].partitions,
+                "strided_slices": runners[label, "base"].op_names.count("STRIDED_SLICE"),
             }
         )
     return {"model": name, "target": target, "macs_ratio": macs_ratio, "rows": rows}
@@ -878,21 +913,29 @@ def render(record) -> str:
             f"FLOPs, round_to=1; MACs ratio {o['macs_ratio']:.2f})",
             "",
             markdown_table(
-                ["setting", "unpruned time / default", "speed-up of the pruned model", "eff"],
+                [
+                    "setting",
+                    "unpruned time / default",
+                    "speed-up of the pruned model",
+                    "eff",
+                    "XNNPACK partitions",
+                    "STRIDED_SLICE ops",
+                ],
                 [
                     [
                         r["setting"],
                         _f(r["base_time_vs_default"]),
                         _f(r["speedup"]),
                         _f(r["efficiency"]),
+                        r.get("partitions", ""),
+                        r.get("strided_slices", ""),
                     ]
                     for r in o["rows"]
                 ],
             ),
             "",
         ]
-    b = record.get("breakdown")
-    if b:
+    for b in record.get("breakdown") or []:
         md += [
             f"## 4. Where the time goes ({b['model']})",
             "",
@@ -1015,7 +1058,9 @@ def main(argv=None):
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--calibration", type=int, default=16, help="int8 calibration samples")
     parser.add_argument("--options-model", default="resnet20", help="'' to skip part 3")
-    parser.add_argument("--breakdown", default="resnet20", help="'' to skip part 4")
+    parser.add_argument(
+        "--breakdown", default="resnet20,unet,mobilenet_v2", help="models; '' to skip part 4"
+    )
     parser.add_argument("--quick", action="store_true", help="vgg_small, 64 px, 3 rounds")
     parser.add_argument("--fresh", action="store_true", help="ignore saved partial results")
     parser.add_argument("--work-dir", default=WORK)
@@ -1026,9 +1071,10 @@ def main(argv=None):
         args.round_to, args.float_round_to = [1, 16], [1]
         args.options_model = args.breakdown = "vgg_small"
         args.work_dir = os.path.join(args.work_dir, "quick")
-    args.breakdown_variants = [(max(args.targets), 1), (max(args.targets), 8)]
+    args.breakdown_variants = [[max(args.targets), 1], [max(args.targets), 8]]  # JSON-stable
     names = [n for n in args.models.split(",") if n]
-    for n in names + [x for x in (args.options_model, args.breakdown) if x]:
+    breakdown_names = [n for n in args.breakdown.split(",") if n]
+    for n in names + breakdown_names + ([args.options_model] if args.options_model else []):
         if n not in MODEL_NAMES:
             parser.error(f"unknown model {n!r}; choose from {', '.join(MODEL_NAMES)}")
 
@@ -1068,17 +1114,18 @@ def main(argv=None):
         options = _cached(
             args.work_dir,
             f"options_{args.options_model}",
-            dict(common, target=max(args.targets)),
+            dict(common, target=max(args.targets), version=2),
             lambda: part_options(args.options_model, max(args.targets), args),
         )
-    breakdown = None
-    if args.breakdown:
-        breakdown = _cached(
+    breakdown = [
+        _cached(
             args.work_dir,
-            f"breakdown_{args.breakdown}",
+            f"breakdown_{name}",
             dict(common, variants=args.breakdown_variants),
-            lambda: part_breakdown(args.breakdown, args),
+            lambda n=name: part_breakdown(n, args),
         )
+        for name in breakdown_names
+    ]
     record = {
         "machine": machine(),
         "settings": {k: v for k, v in vars(args).items()},
@@ -1090,7 +1137,7 @@ def main(argv=None):
         "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan"),
         # measurement time of all parts (also when some were reused from --work-dir)
         "seconds": round(
-            sum(p.get("seconds", 0) for p in [kernel, options, breakdown, *models] if p), 1
+            sum(p.get("seconds", 0) for p in [kernel, options, *breakdown, *models] if p), 1
         ),
     }
     md = render(record) + "\n"

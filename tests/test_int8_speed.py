@@ -189,7 +189,7 @@ def test_summary_and_render_on_a_synthetic_record():
         "models": models,
         "summary": summary,
         "options": None,
-        "breakdown": None,
+        "breakdown": [],
         "load_average_1min": 1.0,
         "seconds": 60.0,
     }
