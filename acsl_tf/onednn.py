@@ -19,14 +19,16 @@ other backend, is untouched.
 
 ``import acsl_tf`` installs the workaround when oneDNN is on (TensorFlow's
 default on x86 Linux), so oneDNN's faster kernels stay on everywhere else.
-Set ``ACSL_TF_ONEDNN_WORKAROUND=0`` before importing to keep Keras
-unchanged; :func:`hazards` then lists the layers of a model that can crash,
+The exporters (``acsl_tf.export``) trace inside :func:`suspended`, so
+exported graphs keep the plain strided convolution. Set
+``ACSL_TF_ONEDNN_WORKAROUND=0`` before importing to keep Keras unchanged; :func:`hazards` then lists the layers of a model that can crash,
 and ``TF_ENABLE_ONEDNN_OPTS=0`` (set before importing TensorFlow) is the
 blunt alternative.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 
@@ -34,6 +36,7 @@ __all__ = [
     "enabled",
     "hazards",
     "install_workaround",
+    "suspended",
     "uninstall_workaround",
     "workaround_installed",
 ]
@@ -123,6 +126,26 @@ def uninstall_workaround() -> None:
         return
     _tf_nn().conv = _original_conv
     _original_conv = None
+
+
+@contextlib.contextmanager
+def suspended():
+    """Keras' own convolution inside the block, the workaround again after it.
+
+    The exporters trace models inside this block, so an exported inference
+    graph has plain strided convolutions rather than the slice-then-convolve
+    form (a ``STRIDED_SLICE`` that, for instance, XNNPACK does not take,
+    splitting the TFLite graph). Training, which needs the workaround, does
+    not happen there. Code that exports with ``model.export`` directly can
+    use it the same way.
+    """
+    was = workaround_installed()
+    uninstall_workaround()
+    try:
+        yield
+    finally:
+        if was:
+            install_workaround()
 
 
 def hazards(model) -> list[str]:

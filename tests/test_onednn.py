@@ -170,3 +170,22 @@ def test_crash_case_still_crashes_without_the_workaround(tmp_path):
     """Documents the TensorFlow bug: when this starts passing, the workaround can go."""
     result = _run_crash_case("plain", tmp_path)
     assert result.returncode != 0 and "TRAINED" not in result.stdout
+
+
+def test_exported_tflite_has_no_slices_from_the_workaround(tmp_path, workaround):
+    """Exports trace with Keras' own convolution: no STRIDED_SLICE in the graph."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from acsl_tf.export import to_tflite
+
+    inp = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(4, 1, strides=2, name="s2")(inp)
+    model = keras.Model(inp, keras.layers.Conv2D(2, 1, strides=2, name="s2b")(x))
+    path = str(tmp_path / "m.tflite")
+    to_tflite(model, path)
+    ops = {d["op_name"] for d in Interpreter(model_path=path)._get_ops_details()}
+    assert "CONV_2D" in ops and "STRIDED_SLICE" not in ops
+    assert onednn.workaround_installed()  # restored after the export
+    with onednn.suspended():
+        assert not onednn.workaround_installed()
+    assert onednn.workaround_installed()

@@ -123,7 +123,10 @@ def to_onnx(
     spec = (tf.TensorSpec((None,) + tuple(input_shape), tf.float32, name=name),)
     with _common.quiet_output(not verbose) as captured:
         try:
-            proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset)
+            from acsl_tf import onednn
+
+            with onednn.suspended():  # the plain strided convolutions in the graph
+                proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset)
         except Exception as e:
             log = _common.log_tail(captured())
             log = f"\n  tf2onnx log (last lines; verbose=True shows all):\n{log}" if log else ""

@@ -262,7 +262,10 @@ def _convert(model, quantization, calibration, int8_io, verbose=False):
 
     with _io.export_temp_dir() as d, _common.quiet_output(not verbose) as captured:
         saved = os.path.join(d, "saved_model")
-        model.export(saved, format="tf_saved_model", verbose=bool(verbose))
+        from acsl_tf import onednn
+
+        with onednn.suspended():  # the plain strided convolutions, not the training workaround
+            model.export(saved, format="tf_saved_model", verbose=bool(verbose))
         converter = tf.lite.TFLiteConverter.from_saved_model(saved)
         if quantization == "float16":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
