@@ -389,3 +389,24 @@ def test_multi_output_model_keeps_keras_output_order(tmp_path):
     got = run_tflite(report.path, x)
     for y, ref in zip(got, model(x, training=False)):
         np.testing.assert_allclose(y, np.asarray(ref), atol=1e-5)
+
+
+def test_dead_output_gives_a_clear_int8_error(tmp_path):
+    """A ReLU output that is zero on all calibration data gets a ~1e-8 int8
+    scale, which XNNPACK refuses; the error says so instead of only
+    'failed to create XNNPACK runtime'."""
+    import keras
+    import numpy as np
+
+    from acsl_tf.export import to_tflite
+
+    inp = keras.Input((8, 8, 1))
+    out = keras.layers.Conv2D(
+        4, 3, padding="same", activation="relu",
+        bias_initializer=keras.initializers.Constant(-100.0),
+    )(inp)
+    model = keras.Model(inp, out)
+    data = np.random.default_rng(0).random((16, 8, 8, 1)).astype("float32")
+    with pytest.raises(RuntimeError, match="quantization scale below 1e-6.*constant"):
+        to_tflite(model, str(tmp_path / "dead.tflite"), quantization="int8", representative_data=data)
+    assert not (tmp_path / "dead.tflite").exists()

@@ -174,6 +174,35 @@ def run_tflite(tflite_path_or_bytes, x, *, threads: int = 1) -> list[np.ndarray]
         order of the Keras model's outputs (signature outputs ``output_0``, ...).
     """
     content = _read_tflite(tflite_path_or_bytes)
+    try:
+        return _run(content, x, threads)
+    except RuntimeError as e:
+        if "XNNPACK" not in str(e):
+            raise
+        tiny = _degenerate_scales(content)
+        if not tiny:
+            raise
+        raise RuntimeError(
+            f"The quantized model cannot run: tensor(s) {tiny} have a quantization scale below "
+            "1e-6, i.e. they were constant (e.g. a ReLU output that is zero) on all the "
+            "representative data, and XNNPACK refuses such tensors. Check that the "
+            "representative data are preprocessed like the training inputs and that the model "
+            f"is trained (a dead output layer gives this). Runtime error: {e}"
+        ) from e
+
+
+def _degenerate_scales(content: bytes, floor: float = 1e-6) -> list[str]:
+    """Names of the quantized tensors whose scale is positive but below ``floor``."""
+    it = _make_interpreter(content, threads=1, delegates=False)
+    names = []
+    for d in it.get_tensor_details():
+        scales = np.asarray(d.get("quantization_parameters", {}).get("scales", ()), np.float64)
+        if scales.size and np.all(scales > 0) and float(scales.max()) < floor:
+            names.append(d["name"])
+    return names
+
+
+def _run(content: bytes, x, threads) -> list[np.ndarray]:
     it = _make_interpreter(content, threads=threads)
     signatures = it.get_signature_list()
     if signatures:
