@@ -64,7 +64,6 @@ import contextlib
 import json
 import math
 import os
-import platform
 import re
 import shutil
 import sys
@@ -995,27 +994,10 @@ def summarize(models) -> dict:
 
 
 def machine():
-    import ai_edge_litert
-    import keras
-    import tensorflow as tf
+    """The machine and versions (the same record as benchmarks/latency.py)."""
+    from latency import machine as latency_machine  # imported late: it loads Keras
 
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "ai_edge_litert": getattr(ai_edge_litert, "__version__", "unknown"),
-    }
+    return latency_machine()
 
 
 def _cached(work_dir, key, settings, fn):
