@@ -1112,8 +1112,11 @@ def run_task_seed(
     budget_options = dict(mcfg.get("budget_options") or {})
     budget_options.update(cfg.get("budget_options") or {})  # per-task overrides
     ctl = budget_options.get("controller", "rate")
-    if "protect" in budget_options:  # the cache name tells the settings apart
-        ctl += f"_p{budget_options['protect']:g}"
+    # The cache name tells the settings apart.
+    for key, tag in (("protect", "p"), ("kept_weight", "k"), ("max_step", "s")):
+        if key in budget_options:
+            value = budget_options[key]
+            ctl += f"_{tag}{'none' if value is None else format(value, 'g')}"
     dcp_cache: dict = {}
 
     def dcp_source():

@@ -34,20 +34,34 @@ def _compile(w, optimizer=None):
     )
 
 
-def test_resume_from_keras_file_is_bit_identical(tmp_path):
+class _StopAfter(keras.callbacks.Callback):
+    """Ends the training after ``epochs`` epochs, as a killed job would."""
+
+    def __init__(self, epochs):
+        super().__init__()
+        self.epochs = epochs
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.model.stop_training = epoch + 1 >= self.epochs
+
+
+@pytest.mark.parametrize("kept_weight", [1.0, 0.25])
+def test_resume_from_keras_file_is_bit_identical(tmp_path, kept_weight):
     x, y = _data()
     kw = dict(batch_size=8, verbose=0, shuffle=False)
+    opts = dict(threshold=5e-2, verbose=0, kept_weight=kept_weight)
 
     straight = _wrapped()
     _compile(straight)
-    cb = acsl_tf.BudgetStrength(threshold=5e-2, verbose=0)
+    cb = acsl_tf.BudgetStrength(**opts)
     straight.fit(x, y, epochs=4, callbacks=[cb], **kw)
     # The controller did act during the run (not a trivial resume).
     assert len({round(h["scale"], 6) for h in cb.history}) > 3
 
     first = _wrapped()
     _compile(first)
-    first.fit(x, y, epochs=2, callbacks=[acsl_tf.BudgetStrength(threshold=5e-2, verbose=0)], **kw)
+    # The same 4-epoch run, interrupted after its second epoch.
+    first.fit(x, y, epochs=4, callbacks=[acsl_tf.BudgetStrength(**opts), _StopAfter(2)], **kw)
     path = tmp_path / "half.keras"
     first.save(path)
     del first
@@ -57,16 +71,21 @@ def test_resume_from_keras_file_is_bit_identical(tmp_path):
         y,
         epochs=4,
         initial_epoch=2,
-        callbacks=[acsl_tf.BudgetStrength(threshold=5e-2, verbose=0)],
+        callbacks=[acsl_tf.BudgetStrength(**opts)],
         **kw,
     )
     a, b = straight.variables, resumed.variables
-    assert len(a) == len(b) == 41
+    assert len(a) == len(b) == 44
     differ = [u.path for u, v in zip(a, b) if not np.array_equal(u.numpy(), v.numpy())]
     assert differ == []
     wr = acsl_tf.get_wrappers(resumed)[0]
     assert float(np.asarray(wr.budget_scale)) == pytest.approx(cb.history[-1]["scale"])
     assert np.asarray(wr.controller_state)[0] == 1.0
+    masks = np.concatenate([np.asarray(w.budget_mask) for w in acsl_tf.get_wrappers(resumed)])
+    if kept_weight == 1.0:
+        np.testing.assert_array_equal(masks, 1.0)
+    else:  # the mask was in force: both values occur
+        assert set(np.unique(masks)) == {np.float32(kept_weight), np.float32(1.0)}
 
 
 def test_second_fit_without_initial_epoch_starts_a_new_schedule():
@@ -229,3 +248,31 @@ def test_weights_saved_before_the_controller_state_still_load():
     np.testing.assert_array_equal(wr.controller_state.numpy(), np.zeros(8))
     with pytest.raises(ValueError):
         wr.load_own_variables({"0": old["0"]})
+
+
+def test_weights_saved_before_the_budget_mask_still_load():
+    w = _wrapped()
+    wr = acsl_tf.get_wrappers(w)[0]
+    own = wr._trainable_variables + wr._non_trainable_variables
+    assert own[-1].name == "budget_mask"
+    # A file of the previous layout: the seven weights up to controller_state.
+    old = {str(i): np.asarray(v.numpy()) + 2 for i, v in enumerate(own[:7])}
+    wr.budget_mask.assign(np.full(wr.channels, 0.5, "float32"))
+    wr.load_own_variables(old)
+    np.testing.assert_allclose(wr.controller_state.numpy(), np.full(8, 2.0))
+    # The mask is not in the file: it keeps its value (ones in a fresh model).
+    np.testing.assert_allclose(wr.budget_mask.numpy(), np.full(wr.channels, 0.5))
+
+
+def test_budget_mask_scales_the_penalty_per_channel():
+    w = _wrapped()
+    wr = acsl_tf.get_wrappers(w)[0]
+    gamma = np.abs(keras.ops.convert_to_numpy(wr.layer.gamma))
+    full = float(keras.ops.convert_to_numpy(wr.penalty_loss()))
+    mask = np.zeros(wr.channels, "float32")
+    mask[0] = 1.0
+    wr.budget_mask.assign(mask)
+    masked = float(keras.ops.convert_to_numpy(wr.penalty_loss()))
+    strength = keras.ops.convert_to_numpy(wr.strength)
+    assert masked == pytest.approx(full * strength[0] * gamma[0] / float(np.sum(strength * gamma)))
+    np.testing.assert_allclose(wr.channel_penalties()[1:], 0.0)

@@ -156,6 +156,32 @@ class BudgetStrength(_PenaltyLogs, keras.callbacks.Callback):
     missed (and a warning says so) instead of being overshot with the kept
     channels pulled under the threshold.
 
+    **Focus on the channels the budget needs** (``"rate"``,
+    ``kept_weight``). With an L1 penalty of the same strength on every
+    channel, the gammas of a trained network fall together: BatchNorm makes
+    a layer's output independent of the scale of the gammas before it, so
+    the task loss hardly resists a uniform fall. The channels the budget
+    needs and those it keeps then reach the threshold at the same time, and
+    the controller either misses the budget or overshoots it. With
+    ``kept_weight < 1`` every check also sets each unit's ``budget_mask``:
+    1 on the channels the budget needs (the lowest ``|gamma|``, as
+    ``shrink`` picks them), ``kept_weight`` on those it keeps. The penalty
+    then pulls the needed channels apart from the kept ones; the sets are
+    recomputed at every check, so a channel the task loss holds up moves
+    back to the kept set. ``kept_weight=1`` is the uniform penalty of the
+    published methods.
+
+    **Step bound** (``max_step``). Under SGD an L1 penalty moves a gamma by
+    about ``lr * lambda_i / (1 - momentum)`` per step, whatever its size, so
+    a gamma cannot settle below that distance from zero: it jumps back and
+    forth across it. A multiplier large enough to make that jump exceed the
+    threshold keeps the channels above it however long it trains, and a
+    controller that reads "not there yet" raises it further. The multiplier
+    is therefore capped so that the largest per-channel jump is at most
+    ``max_step * threshold`` (read from the optimizer's current learning
+    rate and momentum at every check; SGD only, other optimizers are not
+    bounded).
+
     **Resume.** The controller's state (the multiplier, the last check, the
     epoch length) lives in the wrappers' non-trainable weights
     (``budget_scale``, ``controller_state``), so it is saved with the model;
@@ -167,7 +193,8 @@ class BudgetStrength(_PenaltyLogs, keras.callbacks.Callback):
     the task loss: ``penalty_loss``, ``task_loss``, ``val_penalty_loss``,
     ``val_task_loss`` (see :class:`PenaltyMetrics`). ``history`` holds one
     dict per check (``epoch``, ``step``, ``reduction``, ``scale`` and, for
-    ``"rate"``, ``level`` and ``kept_min``).
+    ``"rate"``, ``level``, ``kept_min`` and ``bound``, the step bound on the
+    multiplier).
 
     **End of training.** A ``UserWarning`` says by how much the budget was
     missed, or overshot by more than ``tolerance``, and what to do.
@@ -194,6 +221,11 @@ class BudgetStrength(_PenaltyLogs, keras.callbacks.Callback):
         protect: ``"rate"`` only: the smallest kept ``|gamma|`` may close at
             most ``1 / protect`` of its distance to the threshold per check
             (>= 0; 0 turns the protection off).
+        kept_weight: ``"rate"`` only: factor of the penalty on the channels
+            the budget keeps, relative to those it needs, in [0, 1] (see
+            above; 1 penalises all channels alike).
+        max_step: bound of the penalty's jump per step, as a fraction of
+            ``threshold`` (> 0; see above), or None for no bound.
         verbose: 1 prints one line per epoch, 0 prints nothing.
 
     Raises:
@@ -214,6 +246,8 @@ class BudgetStrength(_PenaltyLogs, keras.callbacks.Callback):
         update_every="auto",
         reach_at: float = 0.6,
         protect: float = 4.0,
+        kept_weight: float = 1.0,
+        max_step: float | None = 0.5,
         verbose: int = 1,
     ):
         super().__init__()
@@ -231,7 +265,14 @@ class BudgetStrength(_PenaltyLogs, keras.callbacks.Callback):
         self.max_scale = _validation.positive(max_scale, "max_scale")
         self.reach_at = _validation.fraction(reach_at, "reach_at", low_open=True, high_open=False)
         self.protect = _validation.non_negative(protect, "protect")
+        self.kept_weight = _validation.fraction(kept_weight, "kept_weight", high_open=False)
+        self.max_step = None if max_step is None else _validation.positive(max_step, "max_step")
         _validation.choice(controller, "controller", ("rate", "epoch"), kind=str)
+        if controller == "epoch" and self.kept_weight != 1.0:
+            raise ValueError(
+                'kept_weight < 1 needs controller="rate" (the "epoch" controller does not '
+                f"compute the budget's channel sets). Received: kept_weight={kept_weight}"
+            )
         every = '"auto" or an integer number of steps >= 1'
         if isinstance(update_every, str):
             _validation.choice(update_every, "update_every", ("auto",), expected=every)
@@ -307,6 +348,8 @@ class BudgetStrength(_PenaltyLogs, keras.callbacks.Callback):
             self._last_reduction = 0.0
             self._last_kept = self._kept_min
             self._epoch_steps = None
+            if self.controller == "rate":
+                self._update_mask()
         self._last_level = self._last[1]
         steps = (self.params or {}).get("steps")
         if steps:
@@ -375,6 +418,7 @@ class BudgetStrength(_PenaltyLogs, keras.callbacks.Callback):
                 f"met on this model: {e}"
             ) from None
         level, kept_min = 0.0, math.inf
+        self._bn_keep = plan.bn_keep
         for w in self._wrappers:
             name = w.layer.name
             g = np.abs(keras.ops.convert_to_numpy(w.layer.gamma)).reshape(-1)
@@ -391,11 +435,48 @@ class BudgetStrength(_PenaltyLogs, keras.callbacks.Callback):
         self._kept_min = kept_min
         return level
 
+    def _update_mask(self) -> None:
+        """Set every unit's ``budget_mask`` from the last :meth:`level` plan:
+        1 on the channels the budget needs, ``kept_weight`` on the others."""
+        if self.kept_weight == 1.0:
+            return
+        for w in self._wrappers:
+            mask = np.full(int(w.channels), self.kept_weight, "float32")
+            keep = self._bn_keep.get(w.layer.name)
+            if keep is not None:
+                mask[:] = 1.0
+                mask[list(keep)] = self.kept_weight
+            w.budget_mask.assign(mask)
+
     def _scale(self) -> float:
         return float(keras.ops.convert_to_numpy(self._wrappers[0].budget_scale))
 
+    def step_bound(self) -> float:
+        """The largest multiplier whose per-step L1 jump stays within
+        ``max_step * threshold`` (inf without a bound or for optimizers
+        other than SGD)."""
+        optimizer = getattr(self.model, "optimizer", None)
+        optimizer = getattr(optimizer, "inner_optimizer", optimizer)  # LossScaleOptimizer
+        if self.max_step is None or not isinstance(optimizer, keras.optimizers.SGD):
+            return math.inf
+        lr = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+        momentum = float(optimizer.momentum)
+        jump = 0.0
+        for w in self._wrappers:
+            lam = float(
+                np.max(
+                    keras.ops.convert_to_numpy(w.strength)
+                    * keras.ops.convert_to_numpy(w.budget_mask)
+                )
+            )
+            schedule = float(keras.ops.convert_to_numpy(w.schedule(w.step)))
+            jump = max(jump, lr * w.penalty * schedule * lam)
+        if jump <= 0.0 or momentum >= 1.0:
+            return math.inf
+        return self.max_step * self.threshold * (1.0 - momentum) / jump
+
     def _set_scale(self, scale: float) -> float:
-        scale = float(min(max(scale, 1e-6), self.max_scale))
+        scale = float(min(max(scale, 1e-6), self.max_scale, self.step_bound()))
         for w in self._wrappers:
             w.budget_scale.assign(scale)
         return scale
@@ -458,7 +539,9 @@ class BudgetStrength(_PenaltyLogs, keras.callbacks.Callback):
             # the loss push the gammas back up, and the level oscillates.
             scale *= min(max(ratio, self.factor**-0.5), up)
         scale = self._protected(old, scale, step, kept)
+        self._update_mask()
         scale = self._set_scale(scale)
+        bound = self.step_bound()
         self._last = (step, level)
         self._last_reduction, self._last_level, self._last_kept = reduction, level, kept
         self._save_state()
@@ -470,6 +553,7 @@ class BudgetStrength(_PenaltyLogs, keras.callbacks.Callback):
                 "scale": scale,
                 "level": level,
                 "kept_min": kept,
+                "bound": bound,
             }
         )
 

@@ -39,9 +39,10 @@ L1_CANCELLING_OPTIMIZERS = (
 #: keeps in every wrapper (its layout belongs to the callback).
 CONTROLLER_STATE_SIZE = 8
 
-#: Number of weights a wrapper saved before ``penalty_total`` and
-#: ``controller_state`` existed; such files still load.
-_LEGACY_WEIGHTS = 5
+#: Numbers of weights a wrapper saved before ``penalty_total`` and
+#: ``controller_state`` (5), and before ``budget_mask`` (7) existed; such
+#: files still load.
+_LEGACY_WEIGHTS = (5, 7)
 
 
 def _optimizer_name(optimizer):
@@ -60,12 +61,14 @@ class PruneLowCorrelation(keras.layers.Wrapper):
     average of it, turns it into per-channel redundancy scores and then into
     per-channel weights ``w`` (mean 1 inside the unit). Each call adds the loss
     ``sum_i lambda_i |gamma_i|`` with
-    ``lambda_i = penalty * schedule(step) * budget_scale * w_i``.
+    ``lambda_i = penalty * schedule(step) * budget_scale * m_i * w_i``, where
+    ``m_i`` (``budget_mask``) is 1 unless :class:`acsl_tf.BudgetStrength`
+    with ``kept_weight < 1`` lowers it on the channels the budget keeps.
 
     All of that state lives in non-trainable weights (``affinity``,
     ``strength``, ``step``, ``updates``, ``budget_scale``, the running sum of
-    the penalty ``penalty_total`` and the budget controller's
-    ``controller_state``), so it is saved with the model and a resumed ``fit``
+    the penalty ``penalty_total``, the budget controller's
+    ``controller_state`` and ``budget_mask``), so it is saved with the model and a resumed ``fit``
     continues exactly.
 
     While training, the wrapper also keeps the BatchNorm moving statistics
@@ -283,13 +286,26 @@ class PruneLowCorrelation(keras.layers.Wrapper):
             aggregation="only_first_replica",
             **common,
         )
+        # Per-channel factor of the penalty set by BudgetStrength(kept_weight=):
+        # 1 on the channels the budget needs, `kept_weight` on those it keeps;
+        # ones without the controller.
+        self.budget_mask = self.add_weight(
+            name="budget_mask",
+            shape=(channels,),
+            initializer="ones",
+            dtype="float32",
+            aggregation="mean",
+            **common,
+        )
 
     def load_own_variables(self, store):
-        """Loads the weights; files saved before ``penalty_total`` and
-        ``controller_state`` existed keep those two at zero."""
+        """Loads the weights. Files saved before ``penalty_total``,
+        ``controller_state`` and ``budget_mask`` existed keep the missing ones
+        at their initial values (zeros; ones for the mask)."""
         own = self._trainable_variables + self._non_trainable_variables
-        if len(store.keys()) == _LEGACY_WEIGHTS and len(own) > _LEGACY_WEIGHTS:
-            for i, v in enumerate(own[:_LEGACY_WEIGHTS]):
+        saved = len(store.keys())
+        if saved in _LEGACY_WEIGHTS and len(own) > saved:
+            for i, v in enumerate(own[:saved]):
                 v.assign(store[f"{i}"])
             return
         super().load_own_variables(store)
@@ -305,15 +321,22 @@ class PruneLowCorrelation(keras.layers.Wrapper):
             self.budget_scale, "float32"
         )
 
+    def channel_weights(self):
+        """Per-channel factors of the base penalty in force now (a tensor):
+        ``strength * budget_mask * schedule(step) * budget_scale``."""
+        return (
+            ops.convert_to_tensor(self.strength)
+            * ops.convert_to_tensor(self.budget_mask)
+            * self.current_multiplier()
+        )
+
     def channel_penalties(self):
         """Per-channel strengths ``lambda_i`` (NumPy array) in force now."""
-        lam = self.penalty * self.current_multiplier() * ops.convert_to_tensor(self.strength)
-        return keras.ops.convert_to_numpy(lam)
+        return keras.ops.convert_to_numpy(self.penalty * self.channel_weights())
 
     def penalty_loss(self):
         """The loss term ``sum_i lambda_i |gamma_i|`` of this unit."""
-        weights = ops.convert_to_tensor(self.strength) * self.current_multiplier()
-        return self.regularizer(self.layer.gamma, weights)
+        return self.regularizer(self.layer.gamma, self.channel_weights())
 
     # -- statistics ------------------------------------------------------------------
 
