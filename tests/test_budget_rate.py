@@ -41,7 +41,10 @@ def test_rate_controller_meets_budget_and_checks_every_quarter_epoch():
     hist = w.fit(x, y, epochs=6, batch_size=8, verbose=0, callbacks=[cb])
     # The step bound: lr * penalty * scale * max(w) / (1 - momentum) is at
     # most half the threshold; it held the multiplier at every check.
-    max_w = max(float(np.max(np.asarray(wr.strength))) for wr in acsl_tf.get_wrappers(w))
+    max_w = max(
+        float(np.max(np.asarray(wr.strength) * np.asarray(wr.budget_mask)))
+        for wr in acsl_tf.get_wrappers(w)
+    )
     assert cb.step_bound() == pytest.approx(0.5 * 5e-2 * 0.1 / (0.05 * 2e-3 * max_w), rel=1e-5)
     assert all(h["scale"] <= h["bound"] * (1 + 1e-6) for h in cb.history)
     assert any(h["scale"] == pytest.approx(h["bound"]) for h in cb.history)
@@ -347,6 +350,12 @@ def test_kept_weight_one_leaves_the_mask_at_ones():
     w = _wrapped(target=0.5, gamma=0.3)
     _compile(w)
     x, y = _data(16)
-    w.fit(x, y, epochs=1, batch_size=8, verbose=0, callbacks=[acsl_tf.BudgetStrength(verbose=0)])
+    cb = acsl_tf.BudgetStrength(verbose=0, kept_weight=1.0)
+    w.fit(x, y, epochs=1, batch_size=8, verbose=0, callbacks=[cb])
     for wr in acsl_tf.get_wrappers(w):
         np.testing.assert_array_equal(np.asarray(wr.budget_mask), 1.0)
+
+
+def test_kept_weight_default_is_zero_for_rate_and_one_for_epoch():
+    assert acsl_tf.BudgetStrength(target_flops=0.5).kept_weight == 0.0
+    assert acsl_tf.BudgetStrength(target_flops=0.5, controller="epoch").kept_weight == 1.0

@@ -168,8 +168,10 @@ class BudgetStrength(_PenaltyLogs, keras.callbacks.Callback):
     ``shrink`` picks them), ``kept_weight`` on those it keeps. The penalty
     then pulls the needed channels apart from the kept ones; the sets are
     recomputed at every check, so a channel the task loss holds up moves
-    back to the kept set. ``kept_weight=1`` is the uniform penalty of the
-    published methods.
+    back to the kept set. The default, 0, leaves the kept channels to the
+    task loss (measured in docs/ACSL.md); ``kept_weight=1`` is the uniform
+    penalty of the published methods. Without ``BudgetStrength`` the mask
+    stays at ones: every channel gets the method's penalty.
 
     **Step bound** (``max_step``). Under SGD an L1 penalty moves a gamma by
     about ``lr * lambda_i / (1 - momentum)`` per step, whatever its size, so
@@ -223,7 +225,8 @@ class BudgetStrength(_PenaltyLogs, keras.callbacks.Callback):
             (>= 0; 0 turns the protection off).
         kept_weight: ``"rate"`` only: factor of the penalty on the channels
             the budget keeps, relative to those it needs, in [0, 1] (see
-            above; 1 penalises all channels alike).
+            above; 1 penalises all channels alike). None: 0 with
+            ``controller="rate"``, 1 with ``"epoch"``.
         max_step: bound of the penalty's jump per step, as a fraction of
             ``threshold`` (> 0; see above), or None for no bound.
         verbose: 1 prints one line per epoch, 0 prints nothing.
@@ -246,7 +249,7 @@ class BudgetStrength(_PenaltyLogs, keras.callbacks.Callback):
         update_every="auto",
         reach_at: float = 0.6,
         protect: float = 4.0,
-        kept_weight: float = 1.0,
+        kept_weight: float | None = None,
         max_step: float | None = 0.5,
         verbose: int = 1,
     ):
@@ -265,9 +268,12 @@ class BudgetStrength(_PenaltyLogs, keras.callbacks.Callback):
         self.max_scale = _validation.positive(max_scale, "max_scale")
         self.reach_at = _validation.fraction(reach_at, "reach_at", low_open=True, high_open=False)
         self.protect = _validation.non_negative(protect, "protect")
-        self.kept_weight = _validation.fraction(kept_weight, "kept_weight", high_open=False)
         self.max_step = None if max_step is None else _validation.positive(max_step, "max_step")
         _validation.choice(controller, "controller", ("rate", "epoch"), kind=str)
+        if kept_weight is None:
+            # The "epoch" controller does not compute the budget's channel sets.
+            kept_weight = 0.0 if controller == "rate" else 1.0
+        self.kept_weight = _validation.fraction(kept_weight, "kept_weight", high_open=False)
         if controller == "epoch" and self.kept_weight != 1.0:
             raise ValueError(
                 'kept_weight < 1 needs controller="rate" (the "epoch" controller does not '
@@ -438,7 +444,7 @@ class BudgetStrength(_PenaltyLogs, keras.callbacks.Callback):
     def _update_mask(self) -> None:
         """Set every unit's ``budget_mask`` from the last :meth:`level` plan:
         1 on the channels the budget needs, ``kept_weight`` on the others."""
-        if self.kept_weight == 1.0:
+        if self.kept_weight == 1.0 or getattr(self, "_bn_keep", None) is None:
             return
         for w in self._wrappers:
             mask = np.full(int(w.channels), self.kept_weight, "float32")
