@@ -684,14 +684,19 @@ def _past_stop() -> bool:
     return _STOP_AT[0] is not None and time.time() >= _STOP_AT[0]
 
 
-def _parse_stop_at(text: str) -> float:
-    """``HH:MM`` (UTC, today) -> epoch seconds."""
+def _parse_stop_at(text: str, now: float | None = None) -> float:
+    """``HH:MM`` (UTC) -> epoch seconds of its next occurrence (today, or
+    tomorrow when that time of day has passed)."""
     try:
         hh, mm = (int(v) for v in text.split(":"))
+        if not (0 <= hh < 24 and 0 <= mm < 60):
+            raise ValueError
     except ValueError:
         raise ValueError(f"`--stop-at` must be HH:MM (UTC). Received: stop_at={text!r}") from None
-    now = time.gmtime()
-    return float(calendar.timegm((now.tm_year, now.tm_mon, now.tm_mday, hh, mm, 0)))
+    now = time.time() if now is None else float(now)
+    day = time.gmtime(now)
+    stop = float(calendar.timegm((day.tm_year, day.tm_mon, day.tm_mday, hh, mm, 0)))
+    return stop if stop > now else stop + 86400.0
 
 
 def _log(msg: str) -> None:

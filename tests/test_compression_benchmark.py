@@ -637,3 +637,15 @@ def test_export_records_an_int8_parity_failure(monkeypatch):
     assert calls == [True, False]
     assert out["tflite_bytes"] == 10 and "int8_bytes" not in out
     assert out["int8_parity_error"].endswith("relative error 0.216 > tolerance 0.1.")
+
+
+def test_stop_at_is_the_next_occurrence_of_that_time_of_day():
+    import calendar
+
+    noon = float(calendar.timegm((2026, 11, 30, 12, 0, 0)))
+    assert cb._parse_stop_at("13:30", now=noon) == noon + 5400
+    # 00:35 has passed at noon: it means tomorrow's.
+    assert cb._parse_stop_at("00:35", now=noon) == noon + 86400 - 11 * 3600 - 25 * 60
+    for bad in ("25:00", "12:60", "noon", "12"):
+        with pytest.raises(ValueError, match="HH:MM"):
+            cb._parse_stop_at(bad, now=noon)
