@@ -359,3 +359,17 @@ def test_kept_weight_one_leaves_the_mask_at_ones():
 def test_kept_weight_default_is_zero_for_rate_and_one_for_epoch():
     assert acsl_tf.BudgetStrength(target_flops=0.5).kept_weight == 0.0
     assert acsl_tf.BudgetStrength(target_flops=0.5, controller="epoch").kept_weight == 1.0
+
+
+def test_unsupported_distribution_strategy_is_refused_at_train_begin():
+    from acsl_tf import distributed
+
+    class CentralStorageStrategy:  # stand-in named like the real class
+        pass
+
+    w = _wrapped()
+    w.__dict__["_distribute_strategy"] = CentralStorageStrategy()
+    for cb in (acsl_tf.BudgetStrength(verbose=0), acsl_tf.callbacks.PenaltyMetrics()):
+        cb.set_model(w)
+        with pytest.raises(distributed.UnsupportedStrategyError, match="CentralStorage"):
+            cb.on_train_begin()

@@ -29,6 +29,18 @@ def _wrappers_or_raise(model, who):
     return wrappers
 
 
+def _check_strategy(model):
+    """Refuse, at the start of ``fit``, a tf.distribute strategy that the
+    sparsity training does not support (docs/DISTRIBUTED.md)."""
+    if keras.backend.backend() != "tensorflow":
+        return
+    from acsl_tf.distributed import check_strategy
+
+    strategy = getattr(model, "distribute_strategy", None)
+    if strategy is not None:
+        check_strategy(strategy)
+
+
 def _print(callback, message):
     """Print through Keras' I/O path; after a progress bar (verbose=1) start on
     a new line, as Keras' own callbacks do, so the lines do not collide."""
@@ -99,6 +111,7 @@ class PenaltyMetrics(_PenaltyLogs, keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._wrappers = _wrappers_or_raise(self.model, "PenaltyMetrics")
+        _check_strategy(self.model)
 
     def on_epoch_begin(self, epoch, logs=None):
         self._penalty_begin()
@@ -332,6 +345,7 @@ class BudgetStrength(_PenaltyLogs, keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._wrappers = _wrappers_or_raise(self.model, "BudgetStrength")
+        _check_strategy(self.model)
         self._kind, self._target = self._resolve_target(self._wrappers)
         for w in self._wrappers:
             w._budget_controlled = True
