@@ -669,7 +669,7 @@ def _cmd_shrink(args, progress) -> int:
                 "The recalibration data file does not exist. Save preprocessed inputs with "
                 f"numpy.save('x.npy', x). Received: recalibrate={args.recalibrate!r}"
             )
-        recal = _load_data(args.recalibrate)
+        recal = _load_data(args.recalibrate, option="recalibrate")
     model = _load_model(args, progress)
     if recal is not None:
         from acsl_tf.pruning.apply import _check_recalibration
@@ -793,13 +793,15 @@ def _save_plan(plan, path: str, overwrite: bool) -> None:
         os.replace(staged, path)
 
 
-def _load_data(path: str):
+def _load_data(path: str, option: str = "data"):
+    """Inputs from a .npy file or a .npz holding one array (or one named
+    ``x``); ``option`` names the command-line option in error messages."""
     import numpy as np
 
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"The data file does not exist. Save inputs with numpy.save('calib.npy', x). "
-            f"Received: data={path!r}"
+            f"Received: {option}={path!r}"
         )
     loaded = np.load(path, allow_pickle=False)
     if isinstance(loaded, np.lib.npyio.NpzFile):
@@ -811,7 +813,7 @@ def _load_data(path: str):
                 return loaded["x"]
         raise ValueError(
             "A .npz data file must hold one array or an array named 'x'. "
-            f"Received: data={path!r} with arrays {keys}"
+            f"Received: {option}={path!r} with arrays {keys}"
         )
     return loaded
 

@@ -344,6 +344,9 @@ def test_data_file_forms(tmp_path):
         cli._load_data(str(tmp_path / "bad.npz"))
     with pytest.raises(FileNotFoundError, match="Received: data="):
         cli._load_data(str(tmp_path / "none.npy"))
+    # The message names the option the file came from.
+    with pytest.raises(ValueError, match="Received: recalibrate="):
+        cli._load_data(str(tmp_path / "bad.npz"), option="recalibrate")
 
 
 # ---------------------------------------------------------------------------
