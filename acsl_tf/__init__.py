@@ -103,22 +103,31 @@ __all__ += ["export", "benchmark_tflite", "compare_tflite"]
 # --- end export ---
 
 # --- tasks: datasets, metrics, models (acsl_tf.datasets, acsl_tf.metrics, acsl_tf.models) ---
-from acsl_tf import datasets, metrics, models  # noqa: E402
+from acsl_tf import datasets, models  # noqa: E402
 
 __all__ += ["datasets", "metrics", "models"]
 # --- end tasks ---
 
-# --- distillation (acsl_tf.distill) ---
-from acsl_tf.distill.distiller import Distiller  # noqa: E402
-from acsl_tf.distill.losses import (  # noqa: E402
-    DistillationKLDivergence,
-    SpatialAffinityLoss,
-    affinity_distillation_loss,
-    density_distillation_loss,
-    distillation_kl_divergence,
-    masked_sparse_categorical_crossentropy,
-    spatial_affinity,
-)
+# --- modules written with TensorFlow ops: metrics, distillation ---
+# On the JAX backend without TensorFlow installed, `import acsl_tf` still
+# works; these names then raise an ImportError that says what to install.
+_TF_ONLY_ERROR = None
+try:
+    from acsl_tf import metrics  # noqa: E402
+    from acsl_tf.distill.distiller import Distiller  # noqa: E402
+    from acsl_tf.distill.losses import (  # noqa: E402
+        DistillationKLDivergence,
+        SpatialAffinityLoss,
+        affinity_distillation_loss,
+        density_distillation_loss,
+        distillation_kl_divergence,
+        masked_sparse_categorical_crossentropy,
+        spatial_affinity,
+    )
+except ImportError as _err:
+    if _keras.backend() == "tensorflow" or not _keras._module_missing("tensorflow"):
+        raise
+    _TF_ONLY_ERROR = _err
 
 __all__ += [
     "Distiller",
@@ -157,3 +166,30 @@ __all__ += [
     "with_auxiliary_heads",
 ]
 # --- end DCP ---
+
+
+_TF_ONLY_NAMES = (
+    "metrics",
+    "Distiller",
+    "DistillationKLDivergence",
+    "SpatialAffinityLoss",
+    "affinity_distillation_loss",
+    "density_distillation_loss",
+    "distillation_kl_divergence",
+    "masked_sparse_categorical_crossentropy",
+    "spatial_affinity",
+)
+
+
+def __getattr__(name):
+    # Reached only for names the imports above did not bind: the
+    # TensorFlow-written modules when TensorFlow is not installed.
+    if _TF_ONLY_ERROR is not None and name in _TF_ONLY_NAMES:
+        raise ImportError(
+            f"acsl_tf.{name} is written with TensorFlow ops and TensorFlow is not installed "
+            f"(Keras runs on {_keras.backend()!r}). Install it next to JAX with "
+            f"{_keras.INSTALL_HINT}; the JAX backend keeps working. "
+            f"Received: {_TF_ONLY_ERROR}",
+            name="tensorflow",
+        )
+    raise AttributeError(f"module 'acsl_tf' has no attribute {name!r}")

@@ -45,20 +45,42 @@ def _module_missing(name: str) -> bool:
         return True
 
 
+#: Keras backends acsl_tf runs on. Sparsity training, shrink, profile and
+#: plans run on both; TFLite/ONNX export, the tf.data helpers, the TensorBoard
+#: callback and the tf_keras interop need TensorFlow (docs/BACKENDS.md).
+SUPPORTED_BACKENDS = ("tensorflow", "jax")
+
+JAX_INSTALL_HINT = 'pip install "acsl_tf[jax]"'
+
+
+def _requested_backend() -> str:
+    return os.environ.get("KERAS_BACKEND", "tensorflow")
+
+
 def check_backend():
-    """Raise a clear error unless Keras 3 runs on the TensorFlow backend.
+    """Raise a clear error unless Keras 3 runs on a supported backend
+    (:data:`SUPPORTED_BACKENDS`: TensorFlow or JAX).
 
     ``acsl_tf/__init__.py`` calls this before anything else, so a missing
-    TensorFlow is reported with the install command instead of as an error from
-    inside Keras.
+    TensorFlow (or JAX) is reported with the install command instead of as an
+    error from inside Keras.
 
     Raises:
-        ImportError: TensorFlow or Keras is not installed, Keras is not Keras 3,
-            or Keras could not be imported.
-        RuntimeError: Keras runs on another backend.
+        ImportError: the backend's package or Keras is not installed, Keras is
+            not Keras 3, or Keras could not be imported.
+        RuntimeError: Keras runs on a backend other than TensorFlow or JAX.
+
+    Example:
+
+    ```python
+    import os
+    os.environ["KERAS_BACKEND"] = "jax"   # before the first `import keras`
+    import acsl_tf                        # check_backend() passes
+    ```
     """
     if _KERAS_IMPORT_ERROR is not None or keras is None:
-        if _module_missing("tensorflow"):
+        backend = _requested_backend()
+        if backend == "tensorflow" and _module_missing("tensorflow"):
             raise ImportError(
                 "acsl_tf needs TensorFlow as the Keras backend, and TensorFlow is not "
                 f"installed. Install it with {INSTALL_HINT}, or install your own "
@@ -72,11 +94,11 @@ def check_backend():
                 'pip install "keras>=3". Received: keras=None',
                 name="keras",
             ) from None
-        backend = os.environ.get("KERAS_BACKEND", "tensorflow")
         raise ImportError(
             f"Keras could not be imported: {_KERAS_IMPORT_ERROR}. acsl_tf needs Keras 3 "
-            "on the TensorFlow backend; set KERAS_BACKEND=tensorflow and check the "
-            f"TensorFlow installation ({INSTALL_HINT}). Received: KERAS_BACKEND={backend!r}"
+            "on the TensorFlow or the JAX backend; set KERAS_BACKEND=tensorflow (and check "
+            f"the TensorFlow installation: {INSTALL_HINT}) or KERAS_BACKEND=jax (with "
+            f"{JAX_INSTALL_HINT}). Received: KERAS_BACKEND={backend!r}"
         ) from _KERAS_IMPORT_ERROR
     version = getattr(keras, "__version__", "0")
     if not version.startswith("3."):
@@ -86,12 +108,66 @@ def check_backend():
             f"Received: keras.__version__={version!r}"
         )
     backend = keras.backend.backend()
-    if backend != "tensorflow":
+    if backend not in SUPPORTED_BACKENDS:
         raise RuntimeError(
-            "acsl_tf needs the TensorFlow backend of Keras 3. Set the environment "
-            "variable KERAS_BACKEND=tensorflow before importing keras. "
+            "acsl_tf runs on the TensorFlow or the JAX backend of Keras 3. Set the "
+            "environment variable KERAS_BACKEND=tensorflow (or jax) before importing keras. "
             f"Received: backend={backend!r}"
         )
+
+
+def backend() -> str:
+    """The name of the Keras backend of this process (``"tensorflow"``, ``"jax"``)."""
+    return keras.backend.backend()
+
+
+def require_tensorflow(what: str) -> None:
+    """Raise a clear error unless Keras runs on the TensorFlow backend.
+
+    Functions that build TensorFlow graphs (TFLite/ONNX export, ``tf.data``
+    pipelines, TensorBoard summaries, the tf_keras interop) call this first.
+
+    Args:
+        what: the function or feature, as the user calls it (e.g.
+            ``"acsl_tf.export.to_tflite"``).
+
+    Raises:
+        RuntimeError: Keras runs on another backend; the message says how to
+            get the model into a TensorFlow process.
+
+    Example:
+
+    ```python
+    _keras.require_tensorflow("acsl_tf.export.to_tflite")
+    ```
+    """
+    name = backend()
+    if name == "tensorflow":
+        return
+    raise RuntimeError(
+        f"{what} needs Keras' TensorFlow backend, and this process runs Keras on {name!r}. "
+        "Models trained on JAX carry over: save the model (model.save('model.keras')), "
+        "load the .keras file in a process started with KERAS_BACKEND=tensorflow "
+        f"(keras.models.load_model) and call {what} there. Received: backend={name!r}"
+    )
+
+
+def state_dtypes() -> tuple[str, str]:
+    """``(float, int)`` dtypes of the wide counters that acsl_tf keeps in
+    non-trainable weights (step counters, running sums).
+
+    ``("float64", "int64")``, except on JAX without 64-bit mode
+    (``jax_enable_x64`` off, JAX's default), where such variables would hold
+    32-bit values anyway: there they are declared ``("float32", "int32")``.
+    Files saved under either backend load under the other (the values are
+    cast on assignment).
+    """
+    if backend() == "jax":
+        import jax
+
+        if not jax.config.jax_enable_x64:
+            return "float32", "int32"
+    return "float64", "int64"
 
 
 def is_functional(model) -> bool:

@@ -15,7 +15,8 @@ convolution (for ``"valid"`` and ``"same"`` padding alike: a 1x1 kernel
 needs no padding). :func:`install_workaround` makes Keras' TensorFlow
 backend compute strided 1x1 convolutions that way; the filter gradient then
 runs at stride 1, which does not crash. Every other convolution, and every
-other backend, is untouched.
+other backend, is untouched (under ``KERAS_BACKEND=jax`` nothing is
+installed and TensorFlow is not imported for it).
 
 ``import acsl_tf`` installs the workaround when oneDNN is on (TensorFlow's
 default on x86 Linux), so oneDNN's faster kernels stay on everywhere else.
@@ -186,6 +187,12 @@ def hazards(model) -> list[str]:
 def _auto_install() -> None:
     setting = os.environ.get(_ENV, "1").strip().lower()
     if setting in ("0", "false", "no", "off"):
+        return
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        # Other backends never run TensorFlow's convolution: nothing to patch,
+        # and TensorFlow is not imported for it.
         return
     try:
         if enabled():

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from acsl_tf import _io, _validation
+from acsl_tf import _io, _keras, _validation
 from acsl_tf.export import _common
 from acsl_tf.export._report import DEFAULT_TOLERANCES, ExportReport, ParityError, TensorInfo
 from acsl_tf.export._report import compare_outputs as _compare_outputs
@@ -80,7 +80,9 @@ def to_onnx(
     Raises:
         TypeError / ValueError / FileExistsError / FileNotFoundError /
         PermissionError: as :func:`to_tflite`.
-        RuntimeError: tf2onnx failed.
+        RuntimeError: tf2onnx failed, or Keras runs on a backend other than
+            TensorFlow (load the ``.keras`` file in a process with
+            ``KERAS_BACKEND=tensorflow`` and export there).
         ParityError: the ONNX outputs differ from Keras beyond ``tolerance``.
 
     Example:
@@ -89,6 +91,7 @@ def to_onnx(
     print(report.max_abs_error)
     ```
     """
+    _keras.require_tensorflow("acsl_tf.export.to_onnx")
     # A wrong type is a ValueError too, as to_onnx has always raised.
     opset = _validation.integer(opset, "opset", minimum=7, type_error=ValueError)
     num_verify_samples = _validation.positive_int(

@@ -9,7 +9,7 @@ import warnings
 
 import numpy as np
 
-from acsl_tf import _io, _validation
+from acsl_tf import _io, _keras, _validation
 from acsl_tf.export import _batchnorm_check, _common
 from acsl_tf.export._report import DEFAULT_TOLERANCES, ExportReport, ParityError, TensorInfo
 from acsl_tf.export._report import compare_outputs as _compare_outputs
@@ -430,6 +430,9 @@ def to_tflite(
         IsADirectoryError: ``path`` is an existing directory.
         FileExistsError: ``path`` exists and ``overwrite=False``.
         FileNotFoundError / PermissionError: the directory is missing or not writable.
+        RuntimeError: Keras runs on a backend other than TensorFlow (the
+            conversion traces a TensorFlow graph): load the ``.keras`` file in a
+            process with ``KERAS_BACKEND=tensorflow`` and export there.
         RuntimeError: the converter failed.
         ParityError: the artifact's outputs differ from Keras beyond ``tolerance``.
 
@@ -442,6 +445,7 @@ def to_tflite(
     assert report.inputs[0].dtype == "int8"
     ```
     """
+    _keras.require_tensorflow("acsl_tf.export.to_tflite")
     _validation.choice(quantization, "quantization", QUANTIZATION_MODES)
     # A wrong type is a ValueError too, as to_tflite has always raised.
     num_verify_samples = _validation.positive_int(

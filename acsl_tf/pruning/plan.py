@@ -475,6 +475,11 @@ def _from_tf_keras(model):
 
     if not _legacy.is_tf_keras_object(model):
         return model
+    from acsl_tf import _keras
+
+    # tf_keras models live in TensorFlow; their conversion builds Keras 3
+    # layers from TensorFlow variables.
+    _keras.require_tensorflow("acsl_tf.interop.from_tf_keras")
     from acsl_tf.interop.tf_keras import from_tf_keras
 
     return from_tf_keras(model)

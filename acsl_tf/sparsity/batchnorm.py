@@ -82,7 +82,7 @@ def _batches(data, steps, batch_size, input_rank):
             if input_rank is not None and shape is not None and shape.rank is not None:
                 if shape.rank == input_rank - 1:  # unbatched elements
                     data = data.batch(batch_size)
-    except ImportError:  # pragma: no cover - TensorFlow is the backend
+    except ImportError:  # JAX backend without TensorFlow: no tf.data to unwrap
         pass
     if not hasattr(data, "__iter__"):
         raise ValueError(

@@ -7,7 +7,7 @@ import warnings
 import keras
 from keras import ops
 
-from acsl_tf import _validation
+from acsl_tf import _keras, _validation
 from acsl_tf._keras import register
 from acsl_tf.sparsity import affinity as affinity_lib
 from acsl_tf.sparsity import schedules as schedules_lib
@@ -69,7 +69,9 @@ class PruneLowCorrelation(keras.layers.Wrapper):
     ``strength``, ``step``, ``updates``, ``budget_scale``, the running sum of
     the penalty ``penalty_total``, the budget controller's
     ``controller_state`` and ``budget_mask``), so it is saved with the model and a resumed ``fit``
-    continues exactly.
+    continues exactly. The counters and sums are 64-bit (``int64``,
+    ``float64``), except on the JAX backend without ``jax_enable_x64``, where
+    they are 32-bit (docs/BACKENDS.md); files load across backends.
 
     While training, the wrapper also keeps the BatchNorm moving statistics
     fresh: it updates them with the momentum
@@ -227,6 +229,9 @@ class PruneLowCorrelation(keras.layers.Wrapper):
         channels = int(input_shape[-1])
         self.channels = channels
         common = dict(trainable=False, autocast=False)
+        # 64-bit counters and sums, or 32-bit ones on JAX without x64 (whose
+        # arrays would silently hold 32 bits anyway): _keras.state_dtypes.
+        wide_float, wide_int = _keras.state_dtypes()
         self.affinity = self.add_weight(
             name="affinity",
             shape=(channels, channels),
@@ -255,7 +260,7 @@ class PruneLowCorrelation(keras.layers.Wrapper):
             name="step",
             shape=(),
             initializer="zeros",
-            dtype="int64",
+            dtype=wide_int,
             aggregation="only_first_replica",
             **common,
         )
@@ -263,7 +268,7 @@ class PruneLowCorrelation(keras.layers.Wrapper):
             name="updates",
             shape=(),
             initializer="zeros",
-            dtype="int64",
+            dtype=wide_int,
             aggregation="only_first_replica",
             **common,
         )
@@ -274,7 +279,7 @@ class PruneLowCorrelation(keras.layers.Wrapper):
             name="penalty_total",
             shape=(2,),
             initializer="zeros",
-            dtype="float64",
+            dtype=wide_float,
             aggregation="only_first_replica",
             **common,
         )
@@ -282,7 +287,7 @@ class PruneLowCorrelation(keras.layers.Wrapper):
             name="controller_state",
             shape=(CONTROLLER_STATE_SIZE,),
             initializer="zeros",
-            dtype="float64",
+            dtype=wide_float,
             aggregation="only_first_replica",
             **common,
         )
@@ -365,7 +370,7 @@ class PruneLowCorrelation(keras.layers.Wrapper):
 
         new_affinity = ops.cond(due, fresh, lambda: previous)
         self.affinity.assign(new_affinity)
-        self.updates.assign_add(ops.cast(due, "int64"))
+        self.updates.assign_add(ops.cast(due, self.updates.dtype))
         if self.direction != "uniform":
             # Read back: under a distribution strategy the assignment above
             # averaged the replicas' estimates.
@@ -464,8 +469,9 @@ class PruneLowCorrelation(keras.layers.Wrapper):
             self.step.assign_add(1)
         penalty = self.penalty_loss()
         if training is True:
-            batch = ops.cast(ops.shape(inputs)[0], "float64")
-            self.penalty_total.assign_add(ops.stack([ops.cast(penalty, "float64") * batch, batch]))
+            wide = self.penalty_total.dtype
+            batch = ops.cast(ops.shape(inputs)[0], wide)
+            self.penalty_total.assign_add(ops.stack([ops.cast(penalty, wide) * batch, batch]))
         self.add_loss(penalty)
         return outputs
 
