@@ -139,12 +139,6 @@ def test_tensorboard_callback_and_onednn_under_jax(runs):
 def test_coupled_strength_on_both_backends(runs):
     tf, jax = runs["tf"]["coupled"], runs["jax"]["coupled"]
     assert "error" not in tf, tf
-    if "error" in jax and "'NoneType' object is not callable" in jax["error"]:
-        pytest.xfail(
-            "CoupledStrength reads the strengths without attaching the JAX training state "
-            "to the variables first (it needs `self.model` in on_train_batch_end; "
-            "docs/BACKENDS.md)"
-        )
     assert "error" not in jax, jax
     assert tf["groups"] == jax["groups"] == [[["bn1", 0], ["bn2", 0]]]
     for name, t in tf["state"].items():

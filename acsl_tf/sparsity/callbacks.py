@@ -212,7 +212,10 @@ class BudgetStrength(_PenaltyLogs, keras.callbacks.Callback):
     multiplier).
 
     **End of training.** A ``UserWarning`` says by how much the budget was
-    missed, or overshot by more than ``tolerance``, and what to do.
+    missed, or overshot by more than ``tolerance``, and what to do. Another
+    one says when the removable reduction still changed by more than
+    ``tolerance`` in the last epoch: the BatchNorm moving statistics then lag
+    behind the gammas, and :func:`acsl_tf.recalibrate_batchnorm` fixes them.
 
     The target comes from the argument or, if omitted, from
     ``prune_low_correlation(..., target=...)``.
@@ -637,6 +640,29 @@ class BudgetStrength(_PenaltyLogs, keras.callbacks.Callback):
                 f"(target {self._target:.1%}){extra}, strength multiplier -> {scale:g}",
             )
 
+    def _warn_if_still_moving(self, last) -> None:
+        """Warn when the removable reduction still changed by more than
+        ``tolerance`` during the last epoch: the gammas were still moving at
+        the end, so the BatchNorm moving statistics lag behind them."""
+        epoch = last.get("epoch")
+        before = [h for h in self.history if epoch is not None and h.get("epoch", epoch) < epoch]
+        if not before:
+            return
+        change = abs(last["reduction"] - before[-1]["reduction"])
+        if change > self.tolerance:
+            warnings.warn(
+                f"BudgetStrength: the removable {self._kind} still changed by {change:.1%} in the "
+                f"last epoch ({before[-1]['reduction']:.1%} -> {last['reduction']:.1%}), so the "
+                "gammas were still moving when the training ended and the BatchNorm moving "
+                "statistics lag behind them: the model's inference-mode outputs (evaluate, "
+                "predict, export) can be worse than its training-mode ones. Call "
+                "acsl_tf.recalibrate_batchnorm(model, x) on a few batches of training inputs "
+                "before evaluating or exporting, or give the training more epochs after the "
+                "budget is met (a lower `reach_at`).",
+                UserWarning,
+                stacklevel=3,
+            )
+
     def on_train_end(self, logs=None):
         for w in self._wrappers:
             w._budget_controlled = False
@@ -645,6 +671,7 @@ class BudgetStrength(_PenaltyLogs, keras.callbacks.Callback):
         last = self.history[-1]
         reduction = last["reduction"]
         target, kind = self._target, self._kind
+        self._warn_if_still_moving(last)
         if reduction < target - self.tolerance:
             level, kept = last.get("level"), last.get("kept_min", math.inf)
             together = ""
@@ -726,6 +753,10 @@ class CoupledStrength(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if not getattr(self, "_groups", None):
             return
+        # Under JAX the training state lives outside the variables during an
+        # epoch; reading `self.model` attaches it (and the next step reads the
+        # strengths assigned here). A no-op on TensorFlow.
+        self.model  # noqa: B018
         current = {}
         for _, members in self._groups:
             for w, _ in members:
@@ -775,7 +806,13 @@ class SparsityTensorBoard(keras.callbacks.Callback):
         self._writer = None
 
     def on_train_begin(self, logs=None):
-        import tensorflow as tf
+        try:
+            import tensorflow as tf
+        except ImportError:
+            raise ImportError(
+                "SparsityTensorBoard writes with tf.summary, which needs TensorFlow (also "
+                'under KERAS_BACKEND=jax): pip install "acsl_tf[cpu]"'
+            ) from None
 
         try:
             import tensorboard  # noqa: F401
