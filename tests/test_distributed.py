@@ -38,6 +38,10 @@ def test_mirrored_strategy_matches_single_device(results):
     for a, b in zip(single["strength"], mirrored["strength"]):
         np.testing.assert_allclose(np.array(b), np.array(a), rtol=1e-3, atol=1e-4)
         assert not np.allclose(a, 1.0)
+    # The penalty sum counts every replica's samples (2 epochs x 32 samples).
+    for a, b in zip(single["penalty_total"], mirrored["penalty_total"]):
+        assert a[1] == b[1] == 64
+        np.testing.assert_allclose(b[0], a[0], rtol=1e-5)
 
 
 def test_mixed_precision_trains(results):

@@ -110,9 +110,10 @@ def _assert_state_close(got, want, atol=ATOL_STATE):
             atol=1e-12,
             err_msg=f"{unit}.controller_state",
         )
-        # The logged penalty is the ratio of the two entries.
+        # Both entries: the penalty sum and the samples of every replica.
         gp, wp = np.array(g["penalty_total"]), np.array(w["penalty_total"])
-        np.testing.assert_allclose(gp[0] / gp[1], wp[0] / wp[1], rtol=1e-5)
+        np.testing.assert_allclose(wp, gp, rtol=1e-5)
+        assert wp[1] == gp[1]
 
 
 def _assert_controller_close(got, want):
@@ -506,3 +507,18 @@ def test_resume_after_a_worker_is_killed(equivalence_runs, tmp_path):
     # BackupAndRestore removes each worker's directory after a finished fit.
     assert not any((backup / f"worker-{i}").exists() for i in range(2))
     shutil.rmtree(backup, ignore_errors=True)
+
+
+def test_wrapper_refuses_an_unsupported_strategy_when_built(monkeypatch):
+    import tensorflow as tf
+
+    import acsl_tf
+    from tests._models import small_cnn
+
+    class CentralStorageStrategy:  # stand-in named like the real class
+        pass
+
+    model = small_cnn()
+    monkeypatch.setattr(tf.distribute, "get_strategy", lambda: CentralStorageStrategy())
+    with pytest.raises(distributed.UnsupportedStrategyError, match="CentralStorage"):
+        acsl_tf.prune_low_correlation(model, penalty=1e-3)

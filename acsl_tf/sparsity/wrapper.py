@@ -45,6 +45,26 @@ CONTROLLER_STATE_SIZE = 8
 _LEGACY_WEIGHTS = (5, 7)
 
 
+def _replicas_in_sync() -> int:
+    """Replicas whose batches make up the global batch (1 outside tf.distribute)."""
+    if keras.backend.backend() != "tensorflow":
+        return 1
+    import tensorflow as tf
+
+    ctx = tf.distribute.get_replica_context()
+    return 1 if ctx is None else int(ctx.num_replicas_in_sync)
+
+
+def _check_strategy() -> None:
+    """Refuse a tf.distribute strategy that the wrapper does not support
+    (acsl_tf.distributed.check_strategy), before any variable is created."""
+    if keras.backend.backend() != "tensorflow":
+        return
+    from acsl_tf.distributed import check_strategy
+
+    check_strategy()
+
+
 def _optimizer_name(optimizer):
     inner = getattr(optimizer, "inner_optimizer", None)  # LossScaleOptimizer
     return type(inner if inner is not None else optimizer).__name__
@@ -217,6 +237,7 @@ class PruneLowCorrelation(keras.layers.Wrapper):
         return self.direction != "uniform" or self.method == "cap"
 
     def build(self, input_shape):
+        _check_strategy()
         axis = self.layer.axis
         axes = axis if isinstance(axis, (list, tuple)) else [axis]
         rank = len(input_shape)
@@ -470,7 +491,9 @@ class PruneLowCorrelation(keras.layers.Wrapper):
         penalty = self.penalty_loss()
         if training is True:
             wide = self.penalty_total.dtype
-            batch = ops.cast(ops.shape(inputs)[0], wide)
+            # The variable keeps the first replica's value (only_first_replica):
+            # count every replica's samples, as Keras' loss does.
+            batch = ops.cast(ops.shape(inputs)[0], wide) * _replicas_in_sync()
             self.penalty_total.assign_add(ops.stack([ops.cast(penalty, wide) * batch, batch]))
         self.add_loss(penalty)
         return outputs

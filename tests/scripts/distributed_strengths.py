@@ -57,6 +57,7 @@ def run(strategy=None, policy="float32"):
         "affinity": [np.asarray(w.affinity).tolist() for w in wr],
         "step": int(np.asarray(wr[0].step)),
         "updates": int(np.asarray(wr[0].updates)),
+        "penalty_total": [np.asarray(w.penalty_total).tolist() for w in wr],
         "strength_dtype": str(wr[0].strength.dtype),
         "replicas": strategy.num_replicas_in_sync if strategy is not None else 1,
     }
