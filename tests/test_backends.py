@@ -272,3 +272,16 @@ def test_other_backends_are_refused(monkeypatch):
 
     with pytest.raises(RuntimeError, match="KERAS_BACKEND=tensorflow"):
         acsl_tf.export.to_tflite(None, "x.tflite")
+
+
+def test_tf_keras_interop_is_refused_on_another_backend(monkeypatch):
+    import acsl_tf.interop as interop
+
+    monkeypatch.setattr(_keras.keras.backend, "backend", lambda: "jax")
+    for name, call in (
+        ("to_tf_keras", lambda: interop.to_tf_keras(None)),
+        ("from_tf_keras", lambda: interop.from_tf_keras(None)),
+        ("quantize_aware", lambda: interop.quantize_aware(None, "q.tflite")),
+    ):
+        with pytest.raises(RuntimeError, match=rf"^acsl_tf.interop.{name} needs Keras' TensorFlow"):
+            call()

@@ -417,8 +417,9 @@ def quantize_aware(
     print(result.report)
     ```
     """
-    from acsl_tf import export
+    from acsl_tf import _keras, export
 
+    _keras.require_tensorflow("acsl_tf.interop.quantize_aware")
     _check_positive(
         epochs=epochs,
         num_calibration_samples=num_calibration_samples,

@@ -19,6 +19,7 @@ import inspect
 import keras
 import numpy as np
 
+from acsl_tf import _keras
 from acsl_tf.interop import _legacy
 
 __all__ = [
@@ -577,6 +578,7 @@ def to_tf_keras(model, *, converters: dict | None = None):
     q = tfmot.quantization.keras.quantize_model(legacy)
     ```
     """
+    _keras.require_tensorflow("acsl_tf.interop.to_tf_keras")
     if is_tf_keras_model(model):
         raise TypeError(
             "to_tf_keras converts Keras 3 models, but this is already a tf_keras model. "
@@ -857,6 +859,7 @@ def from_tf_keras(model, *, converters: dict | None = None):
         ValueError: unbuilt model, tfmot wrappers, or a layer / TensorFlow op
             without a Keras 3 counterpart (the error names it).
     """
+    _keras.require_tensorflow("acsl_tf.interop.from_tf_keras")
     if not is_tf_keras_model(model):
         raise TypeError(
             "from_tf_keras expects a tf_keras (Keras 2) model"
