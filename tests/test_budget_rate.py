@@ -328,7 +328,11 @@ def test_kept_weight_focuses_the_penalty_on_the_channels_the_budget_needs():
     w, cb = _focus_run(0.0)
     # The mask in force is the last plan's split: penalty on the channels the
     # budget needs, none on those it keeps.
-    plan = acsl_tf.plan_shrink(w, target_flops=0.5)
+    from acsl_tf.pruning.criteria import UnitCriterion
+    from acsl_tf.sparsity.callbacks import _time_to_threshold
+
+    order = UnitCriterion(_time_to_threshold)
+    plan = acsl_tf.plan_shrink(w, target_flops=0.5, criterion=order)
     needed = kept = 0
     for wr in acsl_tf.get_wrappers(w):
         keep = list(plan.bn_keep.get(wr.layer.name, range(wr.channels)))
@@ -342,7 +346,7 @@ def test_kept_weight_focuses_the_penalty_on_the_channels_the_budget_needs():
     # The kept channels stay clear of the threshold; under the uniform
     # penalty (kept_weight=1) they fall with the others.
     _, uniform = _focus_run(1.0)
-    assert cb.history[-1]["kept_min"] > 0.25
+    assert cb.history[-1]["kept_min"] > 0.15
     assert uniform.history[-1]["kept_min"] < 0.1
 
 
@@ -373,3 +377,33 @@ def test_unsupported_distribution_strategy_is_refused_at_train_begin():
         cb.set_model(w)
         with pytest.raises(distributed.UnsupportedStrategyError, match="CentralStorage"):
             cb.on_train_begin()
+
+
+def test_budget_order_is_gamma_over_strength():
+    from acsl_tf.sparsity.callbacks import _time_to_threshold
+
+    w = _wrapped(target=0.5)
+    cb = acsl_tf.BudgetStrength(verbose=0)
+    cb.set_model(w)
+    cb._wrappers = acsl_tf.get_wrappers(w)
+    cb._kind, cb._target = "flops", 0.5
+    units = acsl_tf.DependencyGraph(w).units
+    first = cb._wrappers[0]
+    gamma = np.linspace(0.2, 0.9, first.channels).astype("float32")
+    first.layer.gamma.assign(gamma)
+    # A strong strength on the largest gamma puts it first in the order.
+    strength = np.ones(first.channels, "float32")
+    strength[-1] = 10.0
+    first.strength.assign(strength)
+    order = _time_to_threshold(
+        type("U", (), {"gamma": np.abs(gamma).astype("float64"), "wrapper": first})()
+    )
+    np.testing.assert_allclose(order, gamma / strength, rtol=1e-6)
+    assert int(np.argmin(order)) == first.channels - 1
+    cb.level()
+    keep = cb._bn_keep[first.layer.name]
+    assert first.channels - 1 not in keep  # needed by the budget
+    # Without a wrapper (or with w = 1) it is the |gamma| order.
+    assert units  # the graph found the units
+    plain = type("U", (), {"gamma": np.array([0.3, 0.1]), "wrapper": None})()
+    np.testing.assert_array_equal(_time_to_threshold(plain), [0.3, 0.1])

@@ -41,6 +41,19 @@ def _check_strategy(model):
         check_strategy(strategy)
 
 
+def _time_to_threshold(unit) -> np.ndarray:
+    """Budget order of a unit's channels: ``|gamma| / w``, the time an L1
+    penalty with per-channel strengths ``w`` (ACSL's; ones for Network
+    Slimming) needs to empty each channel, up to a common factor. The
+    channels the budget needs are those the method's penalty empties first."""
+    gamma = unit.gamma
+    wrapper = unit.wrapper
+    if wrapper is None:
+        return gamma
+    w = np.asarray(keras.ops.convert_to_numpy(wrapper.strength), dtype=np.float64).reshape(-1)
+    return gamma / np.maximum(w, 1e-6)
+
+
 def _print(callback, message):
     """Print through Keras' I/O path; after a progress bar (verbose=1) start on
     a new line, as Keras' own callbacks do, so the lines do not collide."""
@@ -177,11 +190,16 @@ class BudgetStrength(_PenaltyLogs, keras.callbacks.Callback):
     needs and those it keeps then reach the threshold at the same time, and
     the controller either misses the budget or overshoots it. With
     ``kept_weight < 1`` every check also sets each unit's ``budget_mask``:
-    1 on the channels the budget needs (the lowest ``|gamma|``, as
-    ``shrink`` picks them), ``kept_weight`` on those it keeps. The penalty
-    then pulls the needed channels apart from the kept ones; the sets are
-    recomputed at every check, so a channel the task loss holds up moves
-    back to the kept set. The default, 0, leaves the kept channels to the
+    1 on the channels the budget needs, ``kept_weight`` on those it keeps.
+    The channels the budget needs are those the method's own penalty would
+    empty first: the lowest ``|gamma| / w``, with ``w`` the unit's
+    per-channel strengths (ACSL's correlation-driven weights; for Network
+    Slimming, ``w = 1`` and this is the ``|gamma|`` order of ``shrink``).
+    The first check comes after a quarter epoch (``update_every="auto"``)
+    of the method's unmasked penalty, so the strengths are in force when
+    the sets are first drawn. The penalty then pulls the needed channels
+    apart from the kept ones; the sets are recomputed at every check, so a
+    channel the task loss holds up moves back to the kept set. The default, 0, leaves the kept channels to the
     task loss (measured in docs/ACSL.md); ``kept_weight=1`` is the uniform
     penalty of the published methods. Without ``BudgetStrength`` the mask
     stays at ones: every channel gets the method's penalty.
@@ -371,8 +389,6 @@ class BudgetStrength(_PenaltyLogs, keras.callbacks.Callback):
             self._last_reduction = 0.0
             self._last_kept = self._kept_min
             self._epoch_steps = None
-            if self.controller == "rate":
-                self._update_mask()
         self._last_level = self._last[1]
         steps = (self.params or {}).get("steps")
         if steps:
@@ -421,7 +437,10 @@ class BudgetStrength(_PenaltyLogs, keras.callbacks.Callback):
 
     def level(self) -> float:
         """The budget level: the largest ``|gamma|`` among the channels that
-        the budget needs (lowest ``|gamma|`` first, as ``shrink`` picks them).
+        the budget needs. Those are the channels the method's penalty empties
+        first: lowest ``|gamma| / w`` first, with ``w`` the unit's per-channel
+        strengths (ACSL's correlation-driven weights; ones for Network
+        Slimming, where this is the ``|gamma|`` order of ``shrink``).
 
         The same plan also gives the smallest ``|gamma|`` among the channels
         the budget keeps; it is stored in ``self._kept_min`` (inf when none).
@@ -432,9 +451,12 @@ class BudgetStrength(_PenaltyLogs, keras.callbacks.Callback):
         """
         from acsl_tf import plan_shrink
 
+        from acsl_tf.pruning.criteria import UnitCriterion
+
         kw = {"target_flops" if self._kind == "flops" else "target_params": self._target}
+        order = UnitCriterion(_time_to_threshold, "gamma_per_strength")
         try:
-            plan = plan_shrink(self.model, **kw)
+            plan = plan_shrink(self.model, criterion=order, **kw)
         except ValueError as e:
             raise ValueError(
                 f"BudgetStrength: the budget ({self._kind} reduction {self._target}) cannot be "
