@@ -450,7 +450,6 @@ class BudgetStrength(_PenaltyLogs, keras.callbacks.Callback):
                 prunable channel.
         """
         from acsl_tf import plan_shrink
-
         from acsl_tf.pruning.criteria import UnitCriterion
 
         kw = {"target_flops" if self._kind == "flops" else "target_params": self._target}
