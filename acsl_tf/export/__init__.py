@@ -4,7 +4,8 @@
   checked against the Keras model.
 - :func:`to_c_source`: a TFLite flatbuffer as C++ source for TFLite Micro.
 - :func:`to_onnx`: ONNX via tf2onnx, checked with onnxruntime.
-- :func:`benchmark_tflite` / :func:`compare_tflite`: interpreter latency.
+- :func:`benchmark_tflite` / :func:`compare_tflite`: interpreter latency;
+  :func:`inspect_delegation`: which operators XNNPACK runs.
 
 tf2onnx, onnxruntime and ai_edge_litert are optional; install them with
 ``pip install "acsl_tf[export]"``.
@@ -19,7 +20,13 @@ from acsl_tf.export.benchmark import (
 )
 from acsl_tf.export.c_source import to_c_source
 from acsl_tf.export.onnx import to_onnx
-from acsl_tf.export.tflite import QUANTIZATION_MODES, inspect_tflite, run_tflite, to_tflite
+from acsl_tf.export.tflite import (
+    QUANTIZATION_MODES,
+    inspect_delegation,
+    inspect_tflite,
+    run_tflite,
+    to_tflite,
+)
 
 __all__ = [
     "DEFAULT_TOLERANCES",
@@ -31,6 +38,7 @@ __all__ = [
     "TensorInfo",
     "benchmark_tflite",
     "compare_tflite",
+    "inspect_delegation",
     "inspect_tflite",
     "run_tflite",
     "to_c_source",
