@@ -376,6 +376,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="interleaved rounds with two models (default: 10)",
     )
+    p.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall: latency as a user sees it (default); cpu: CPU time of the calling "
+        "thread, steadier on a loaded machine (--threads 1 only)",
+    )
     p.set_defaults(func=_cmd_bench, subparser=p)
     return parser
 
@@ -451,6 +458,8 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     elif args.command == "bench":
         if len(args.tflite) > 2:
             sub.error(f"give one or two .tflite files, got {len(args.tflite)}")
+        if args.clock == "cpu" and args.threads != 1:
+            sub.error("--clock cpu times the calling thread: use it with --threads 1")
 
 
 # ---------------------------------------------------------------------------
@@ -900,7 +909,7 @@ def _cmd_bench(args, progress) -> int:
         runs = 100 if args.runs is None else args.runs
         progress(f"timing {runs} invokes of {args.tflite[0]} ({args.threads} thread(s))")
         stats = acsl_tf.benchmark_tflite(
-            args.tflite[0], threads=args.threads, runs=runs, warmup=args.warmup
+            args.tflite[0], threads=args.threads, runs=runs, warmup=args.warmup, clock=args.clock
         )
         data = {"model": args.tflite[0], **stats.to_dict()}
         _emit(args, f"{args.tflite[0]}: {stats}", data)
@@ -909,7 +918,13 @@ def _cmd_bench(args, progress) -> int:
     a, b = args.tflite
     progress(f"timing {a} against {b}: {args.rounds} rounds of {runs} invokes")
     cmp = acsl_tf.compare_tflite(
-        a, b, threads=args.threads, runs=runs, rounds=args.rounds, warmup=args.warmup
+        a,
+        b,
+        threads=args.threads,
+        runs=runs,
+        rounds=args.rounds,
+        warmup=args.warmup,
+        clock=args.clock,
     )
     data = {"model_a": a, "model_b": b, **cmp.to_dict()}
     _emit(args, f"A = {a}\nB = {b}\n{cmp}", data)

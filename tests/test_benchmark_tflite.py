@@ -78,3 +78,25 @@ def test_benchmark_bad_arguments(models, tmp_path):
         acsl_tf.benchmark_tflite(str(tmp_path / "missing.tflite"))
     with pytest.raises(TypeError):
         acsl_tf.benchmark_tflite(123)
+
+
+def test_cpu_clock_times_the_calling_thread(models):
+    stats = acsl_tf.benchmark_tflite(models["wide"], runs=10, warmup=1, clock="cpu")
+    assert stats.clock == "cpu" and stats.runs == 10
+    assert 0 < stats.min_ms <= stats.median_ms <= stats.max_ms
+    assert "thread CPU time" in str(stats)
+    assert acsl_tf.benchmark_tflite(models["wide"], runs=2, warmup=0).clock == "wall"
+    cmp = acsl_tf.compare_tflite(
+        models["wide"], models["thin"], runs=5, rounds=2, warmup=1, clock="cpu"
+    )
+    assert cmp.a.clock == cmp.b.clock == "cpu" and len(cmp.round_ratios) == 2
+    assert all(r > 0 for r in cmp.round_ratios)
+
+
+def test_cpu_clock_needs_one_thread_and_a_known_name(models):
+    with pytest.raises(ValueError, match=r'clock="cpu" .* threads=1.*threads=2'):
+        acsl_tf.benchmark_tflite(models["wide"], threads=2, clock="cpu")
+    with pytest.raises(ValueError, match="threads=1"):
+        acsl_tf.compare_tflite(models["wide"], models["thin"], threads=4, clock="cpu")
+    with pytest.raises(ValueError, match="clock"):
+        acsl_tf.benchmark_tflite(models["wide"], clock="gpu")

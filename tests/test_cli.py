@@ -226,6 +226,8 @@ def test_bench_text(files, tmp_path):
     assert line.startswith(f"{files['tflite']}: median ") and "(7 runs, 1 thread(s))" in line
     median = float(line.split("median ")[1].split(" ms")[0])
     assert median > 0
+    proc = _ok(_run("bench", files["tflite"], "--runs", "3", "--clock", "cpu", cwd=tmp_path))
+    assert "(3 runs, 1 thread(s), thread CPU time)" in proc.stdout
 
 
 def test_error_is_one_line_with_exit_code_1(files, tmp_path):
@@ -393,6 +395,8 @@ def _parse(argv):
         (["export", "m.keras"], "required: -o/--output"),
         (["bench", "a.tflite", "b.tflite", "c.tflite"], "one or two .tflite files"),
         (["bench", "a.tflite", "--runs", "0"], "expected an integer >= 1"),
+        (["bench", "a.tflite", "--threads", "2", "--clock", "cpu"], "use it with --threads 1"),
+        (["bench", "a.tflite", "--clock", "tsc"], "invalid choice"),
         (["frobnicate"], "invalid choice"),
     ],
 )
@@ -454,12 +458,13 @@ def test_export_and_bench_defaults():
         None,
     )
     args = _parse(["bench", "a.tflite", "b.tflite"])
-    assert (args.tflite, args.threads, args.runs, args.warmup, args.rounds) == (
+    assert (args.tflite, args.threads, args.runs, args.warmup, args.rounds, args.clock) == (
         ["a.tflite", "b.tflite"],
         1,
         None,
         10,
         10,
+        "wall",
     )
 
 

@@ -23,9 +23,10 @@ class LatencyStats:
     std_ms: float
     runs: int
     threads: int
+    clock: str = "wall"
 
     @classmethod
-    def from_times(cls, seconds, threads: int) -> LatencyStats:
+    def from_times(cls, seconds, threads: int, clock: str = "wall") -> LatencyStats:
         ms = np.asarray(seconds, dtype=np.float64) * 1e3
         return cls(
             median_ms=float(np.median(ms)),
@@ -36,6 +37,7 @@ class LatencyStats:
             std_ms=float(ms.std()),
             runs=int(ms.size),
             threads=int(threads),
+            clock=str(clock),
         )
 
     def to_dict(self) -> dict:
@@ -44,7 +46,9 @@ class LatencyStats:
     def __str__(self) -> str:
         return (
             f"median {self.median_ms:.3f} ms, p90 {self.p90_ms:.3f} ms, mean {self.mean_ms:.3f} ms, "
-            f"min {self.min_ms:.3f} ms ({self.runs} runs, {self.threads} thread(s))"
+            f"min {self.min_ms:.3f} ms ({self.runs} runs, {self.threads} thread(s)"
+            + (", thread CPU time" if self.clock == "cpu" else "")
+            + ")"
         )
 
 
@@ -79,6 +83,22 @@ class LatencyComparison:
         )
 
 
+#: Clocks of the timing loops: wall-clock time, or the CPU time of the
+#: calling thread (which runs the whole invoke when the interpreter has one
+#: thread; it does not count time the process is waiting for the CPU).
+CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
+
+
+def _check_clock(clock, threads):
+    _validation.choice(clock, "clock", tuple(CLOCKS), kind=str)
+    if clock == "cpu" and threads != 1:
+        raise ValueError(
+            'clock="cpu" times the calling thread, which runs the whole invoke only with '
+            "threads=1 (other threads' work would be missed). Use threads=1, or "
+            f'clock="wall". Received: clock={clock!r}, threads={threads}'
+        )
+
+
 def _check_counts(**minimums):
     """``name=(value, minimum)``: integers >= minimum. A wrong type is a
     ValueError too, as these functions have always raised."""
@@ -89,7 +109,8 @@ def _check_counts(**minimums):
 class _Runner:
     """An allocated interpreter with fixed random inputs; ``__call__`` times invokes."""
 
-    def __init__(self, path_or_bytes, threads, seed=0):
+    def __init__(self, path_or_bytes, threads, seed=0, clock="wall"):
+        self.clock = CLOCKS[clock]
         content = _tflite._read_tflite(path_or_bytes, argname="path_or_bytes")
         self.interpreter = _tflite._make_interpreter(content, threads=threads)
         it = self.interpreter
@@ -110,7 +131,7 @@ class _Runner:
 
     def __call__(self, n):
         invoke = self.interpreter.invoke
-        clock = time.perf_counter
+        clock = self.clock
         times = np.empty(n)
         for k in range(n):
             t0 = clock()
@@ -120,7 +141,7 @@ class _Runner:
 
 
 def benchmark_tflite(
-    path_or_bytes, *, threads: int = 1, runs: int = 100, warmup: int = 10
+    path_or_bytes, *, threads: int = 1, runs: int = 100, warmup: int = 10, clock: str = "wall"
 ) -> LatencyStats:
     """Measure single-sample ``invoke()`` latency of a TFLite model.
 
@@ -134,12 +155,18 @@ def benchmark_tflite(
         threads: Interpreter threads.
         runs: Number of timed invokes.
         warmup: Untimed invokes before timing.
+        clock: ``"wall"`` (latency as a user sees it) or ``"cpu"`` (CPU time
+            of the calling thread; ``threads=1`` only). On a loaded machine
+            wall-clock times include the time the process waits for a core;
+            CPU time does not, so it is the steadier measure of the model's
+            own cost.
 
     Returns:
         :class:`LatencyStats` (median, p90, mean, min, max, std in ms).
 
     Raises:
-        ValueError: bad ``threads``/``runs``/``warmup``, or not a TFLite model.
+        ValueError: bad ``threads``/``runs``/``warmup``/``clock``, or not a
+            TFLite model.
         FileNotFoundError: ``path_or_bytes`` is a missing path.
 
     Example:
@@ -149,9 +176,10 @@ def benchmark_tflite(
     ```
     """
     _check_counts(threads=(threads, 1), runs=(runs, 1), warmup=(warmup, 0))
-    runner = _Runner(path_or_bytes, threads)
+    _check_clock(clock, threads)
+    runner = _Runner(path_or_bytes, threads, clock=clock)
     runner(warmup)
-    return LatencyStats.from_times(runner(runs), threads)
+    return LatencyStats.from_times(runner(runs), threads, clock)
 
 
 def compare_tflite(
@@ -162,6 +190,7 @@ def compare_tflite(
     runs: int = 50,
     rounds: int = 10,
     warmup: int = 10,
+    clock: str = "wall",
 ) -> LatencyComparison:
     """Measure two TFLite models interleaved and report B's speed-up over A.
 
@@ -178,6 +207,9 @@ def compare_tflite(
         runs: Timed invokes per model per round.
         rounds: Number of interleaved rounds.
         warmup: Untimed invokes of each model before the first round.
+        clock: ``"wall"`` or ``"cpu"`` (the calling thread's CPU time;
+            ``threads=1`` only; see :func:`benchmark_tflite`). On a shared
+            machine ``"cpu"`` gives the steadier ratio.
 
     Returns:
         :class:`LatencyComparison` with the pooled statistics of A and B, the
@@ -190,8 +222,9 @@ def compare_tflite(
     ```
     """
     _check_counts(threads=(threads, 1), runs=(runs, 1), rounds=(rounds, 1), warmup=(warmup, 0))
-    ra = _Runner(path_a, threads)
-    rb = _Runner(path_b, threads)
+    _check_clock(clock, threads)
+    ra = _Runner(path_a, threads, clock=clock)
+    rb = _Runner(path_b, threads, clock=clock)
     ra(warmup)
     rb(warmup)
     times_a, times_b, ratios = [], [], []
@@ -205,8 +238,8 @@ def compare_tflite(
         times_a.append(ta)
         times_b.append(tb)
         ratios.append(float(np.median(ta) / np.median(tb)))
-    stats_a = LatencyStats.from_times(np.concatenate(times_a), threads)
-    stats_b = LatencyStats.from_times(np.concatenate(times_b), threads)
+    stats_a = LatencyStats.from_times(np.concatenate(times_a), threads, clock)
+    stats_b = LatencyStats.from_times(np.concatenate(times_b), threads, clock)
     return LatencyComparison(
         a=stats_a,
         b=stats_b,
