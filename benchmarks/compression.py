@@ -190,6 +190,8 @@ def aggregate(records: Iterable[dict]) -> list[dict]:
         for k in ("tflite_bytes", "int8_bytes", "latency_ms_float32", "latency_ms_int8"):
             vals = [r[k] for r in rs if r.get(k) is not None]
             row[k] = _mean_spread(vals)[0] if vals else None
+        removable = [r["sparse_removable"] for r in rs if r.get("sparse_removable") is not None]
+        row["sparse_removable_min"] = min(removable) if removable else None
         rows.append(row)
     order = {m: i for i, m in enumerate(("baseline", "baseline_long") + tuple(METHODS))}
     task_order = {"classification": 0, "segmentation": 1, "counting": 2}
@@ -231,6 +233,12 @@ def _fmt_value(row: dict, key: str) -> str:
     if v is None:
         return ""
     return f"{v:.2f}" if row["metric_name"] == "mae" else f"{100 * v:.1f}"
+
+
+def _fmt_removable(row: dict) -> str:
+    """The smallest FLOPs fraction the sparsity training left removable."""
+    v = row.get("sparse_removable_min")
+    return "" if v is None else f"{100 * v:.1f}%"
 
 
 def _fmt_pre(row: dict) -> str:
@@ -395,7 +403,9 @@ def summary_markdown(records: Sequence[dict], *, title: str = "Compression bench
         "with one seed). Reductions are against each seed's unpruned baseline. `after "
         "prune` is the metric right after shrinking, before fine-tuning; `sparse, worst "
         "seed` the metric of the sparsity-trained model before shrinking, in its worst "
-        "seed (a collapse shows there).",
+        "seed (a collapse shows there); `removable, worst seed` the smallest FLOPs "
+        "fraction that model had below the controller's threshold (short of the target: "
+        "shrink also cut channels the penalty had not emptied).",
         "",
         "## Overview (plain fine-tuning)",
         "",
@@ -424,9 +434,9 @@ def summary_markdown(records: Sequence[dict], *, title: str = "Compression bench
         trows = [r for r in rows if r["task"] == task]
         out += [f"## {task}: {_unit(trows[0]['metric_name'])}", ""]
         out += [
-            "| target FLOPs red. | method | metric | seeds | sparse, worst seed | after prune "
-            "| params red. | FLOPs red. | params | MFLOPs |",
-            "|---:|---|---:|---|---:|---:|---:|---:|---:|---:|",
+            "| target FLOPs red. | method | metric | seeds | sparse, worst seed | removable, "
+            "worst seed | after prune | params red. | FLOPs red. | params | MFLOPs |",
+            "|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in trows:
             if r["finetune"] != "plain":
@@ -435,7 +445,7 @@ def summary_markdown(records: Sequence[dict], *, title: str = "Compression bench
             out.append(
                 f"| {tgt} | {r['method']} | {_fmt_metric(r)} | "
                 f"{','.join(map(str, r['seeds']))} | {_fmt_value(r, 'metric_sparse_worst')} | "
-                f"{_fmt_pre(r)} | "
+                f"{_fmt_removable(r)} | {_fmt_pre(r)} | "
                 f"{100 * r['params_reduction']:.1f}% | {100 * r['flops_reduction']:.1f}% | "
                 f"{r['params']:,.0f} | {r['flops'] / 1e6:.2f} |"
             )
@@ -675,6 +685,11 @@ def write_summary(out_dir: str, mode: str) -> str:
 
 # --------------------------------------------------------------------------- runs
 
+
+#: ``|gamma|`` below which the budget controller counts a channel as
+#: removable (``workflow.sparsity_train``'s default); records report the
+#: FLOPs fraction below it as ``sparse_removable``.
+SPARSE_THRESHOLD = 0.05
 
 #: Wall-clock time (``time.time()``) after which no new run starts (``--stop-at``).
 _STOP_AT: list[float | None] = [None]
@@ -984,6 +999,58 @@ def _export(model, task, work, name, runs):
         return out
 
 
+def task_budget_options(mode: str, task_name: str) -> dict:
+    """The BudgetStrength options of a mode, with the task's overrides."""
+    options = dict(MODES[mode].get("budget_options") or {})
+    options.update(MODES[mode]["tasks"][task_name].get("budget_options") or {})
+    return options
+
+
+def controller_tag(budget_options: dict) -> str:
+    """The part of a cached sparse model's name that tells controller
+    settings apart (``rate_p0_k0_s0.5``)."""
+    ctl = budget_options.get("controller", "rate")
+    for key, tag in (("protect", "p"), ("kept_weight", "k"), ("max_step", "s")):
+        if key in budget_options:
+            value = budget_options[key]
+            ctl += f"_{tag}{'none' if value is None else format(value, 'g')}"
+    return ctl
+
+
+def sparse_cache_path(work: str, method: str, ctl: str, target: float | None) -> str:
+    """The cached sparsity-trained model of ``method`` (aimed at ``target``
+    with per-target sparsity training, else None)."""
+    tag = "" if target is None else f"_t{round(target * 100)}"
+    return os.path.join(work, f"{method}_sparse_{ctl}{tag}.keras")
+
+
+def backfill_removable(out_dir: str, work_dir: str, mode: str) -> int:
+    """Add ``sparse_removable`` to records written before it existed, from
+    the cached sparsity-trained models; returns the number of records
+    updated (records whose cached model is missing are left as they are)."""
+    from acsl_tf import plan_shrink
+
+    updated = 0
+    per_target = bool(MODES[mode].get("per_target_sparsity", False))
+    for rec in load_records(out_dir, mode):
+        spec = METHODS.get(rec["method"])
+        if spec is None or spec["sparsity"] is None or "sparse_removable" in rec:
+            continue
+        work = os.path.join(work_dir, mode, rec["task"], f"seed{rec['seed']}")
+        ctl = controller_tag(rec.get("budget_options") or task_budget_options(mode, rec["task"]))
+        target = rec.get("sparsity_target") if per_target else None
+        model = _load_model(sparse_cache_path(work, rec["method"], ctl, target))
+        if model is None:
+            continue
+        rec["sparse_removable"] = plan_shrink(model, threshold=SPARSE_THRESHOLD).flops_reduction
+        path = record_path(
+            out_dir, mode, rec["task"], rec["seed"], rec["method"], rec["target"], rec["finetune"]
+        )
+        write_record(path, rec)
+        updated += 1
+    return updated
+
+
 def run_task_seed(
     task_name: str,
     seed: int,
@@ -1114,14 +1181,8 @@ def run_task_seed(
         written += 1
         _log(f"{task_name} seed {seed}: baseline_long {task.metric_name} {metric:.4f}")
 
-    budget_options = dict(mcfg.get("budget_options") or {})
-    budget_options.update(cfg.get("budget_options") or {})  # per-task overrides
-    ctl = budget_options.get("controller", "rate")
-    # The cache name tells the settings apart.
-    for key, tag in (("protect", "p"), ("kept_weight", "k"), ("max_step", "s")):
-        if key in budget_options:
-            value = budget_options[key]
-            ctl += f"_{tag}{'none' if value is None else format(value, 'g')}"
+    budget_options = task_budget_options(mode, task_name)
+    ctl = controller_tag(budget_options)
     dcp_cache: dict = {}
 
     def dcp_source():
@@ -1191,8 +1252,7 @@ def run_task_seed(
             """The sparsity-trained model aimed at ``t_sp`` (cached on disk)."""
             if t_sp in sources:
                 return sources[t_sp]
-            tag = f"_t{round(t_sp * 100)}" if per_target else ""
-            sp_path = os.path.join(work, f"{m}_sparse_{ctl}{tag}.keras")
+            sp_path = sparse_cache_path(work, m, ctl, t_sp if per_target else None)
             source = _load_model(sp_path)
             t0 = time.time()
             if source is None:
@@ -1209,6 +1269,7 @@ def run_task_seed(
                     target_flops=t_sp,
                     penalty=cfg["penalty"],
                     lr=cfg["sparsity_lr"],
+                    threshold=SPARSE_THRESHOLD,
                     verbose=0,
                     budget_options=budget_options,
                     **spec["options"],
@@ -1244,6 +1305,15 @@ def run_task_seed(
                     f"distill_methods. Received: method={m!r}, finetune={ft!r}"
                 )
             pruned_metric = wf.evaluate(small, task)
+            if spec["sparsity"] is not None:
+                # What the sparsity training left removable (|gamma| below
+                # the controller's threshold): short of the target means
+                # shrink also cut live channels.
+                from acsl_tf import plan_shrink
+
+                fields["sparse_removable"] = plan_shrink(
+                    source, threshold=SPARSE_THRESHOLD
+                ).flops_reduction
             teacher = _copy(base) if ft == "distill" else None
             wf.finetune(
                 small,
@@ -1448,6 +1518,11 @@ def main(argv=None) -> int:
     parser.add_argument("--no-export", action="store_true", help="skip TFLite export/latency")
     parser.add_argument("--summary-only", action="store_true")
     parser.add_argument(
+        "--backfill-removable",
+        action="store_true",
+        help="add sparse_removable to older records from the cached sparse models (--work-dir)",
+    )
+    parser.add_argument(
         "--update-docs",
         action="store_true",
         help="also embed the mode's summary into README.md and docs/BENCHMARKS.md",
@@ -1483,7 +1558,9 @@ def main(argv=None) -> int:
         if not 0.0 < t < 1.0:
             raise ValueError(f"Targets must be in (0, 1). Received: targets={args.targets!r}")
     _STOP_AT[0] = _parse_stop_at(args.stop_at) if args.stop_at else None
-    if not args.summary_only:
+    if args.backfill_removable:
+        _log(f"sparse_removable added to {backfill_removable(args.out_dir, args.work_dir, args.mode)} records")
+    if not args.summary_only and not args.backfill_removable:
         for name in tasks:
             task_targets = list(targets)
             if not args.targets:  # the task's extra targets (pruned from the same models)

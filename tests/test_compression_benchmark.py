@@ -7,6 +7,7 @@ import json
 import os
 import sys
 
+import numpy as np
 import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -129,9 +130,10 @@ def test_summary_markdown_table():
     assert cells[2] == "86.0 ± 2.5"  # 95% t half-width
     assert cells[3] == "0,1,2"
     assert cells[4] == ""  # no sparsity-trained metric in these records
-    assert cells[5] == "76.0"
-    assert cells[6] == "60.0%" and cells[7] == "50.0%"
-    assert cells[8] == "400"
+    assert cells[5] == ""  # nor what the sparsity training left removable
+    assert cells[6] == "76.0"
+    assert cells[7] == "60.0%" and cells[8] == "50.0%"
+    assert cells[9] == "400"
     # the MAE task prints raw values, with no ± for a single seed
     l1 = next(line for line in lines if line.startswith("| 70% | l1 |"))
     assert "| 4.50 |" in l1 and "±" not in l1
@@ -649,3 +651,48 @@ def test_stop_at_is_the_next_occurrence_of_that_time_of_day():
     for bad in ("25:00", "12:60", "noon", "12"):
         with pytest.raises(ValueError, match="HH:MM"):
             cb._parse_stop_at(bad, now=noon)
+
+
+def test_removable_column_shows_the_worst_seed():
+    recs = [
+        _rec("classification", "acsl", seed, 0.9, target=0.5, sparse_removable=rem)
+        for seed, rem in ((0, 0.51), (1, 0.42), (2, 0.49))
+    ]
+    md = cb.summary_markdown(recs, title="T")
+    row = next(line for line in md.splitlines() if line.startswith("| 50% | acsl |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[5] == "42.0%"
+
+
+def test_backfill_removable_reads_the_cached_sparse_model(tmp_path):
+    import acsl_tf
+    from tests._models import small_cnn
+
+    out, work = str(tmp_path / "out"), str(tmp_path / "work")
+    opts = cb.task_budget_options("ranked", "classification")
+    rec = _rec("classification", "acsl", 0, 0.9, target=0.5, mode="ranked")
+    rec.update(budget_options=opts, sparsity_target=0.5)
+    cb.write_record(cb.record_path(out, "ranked", "classification", 0, "acsl", 0.5), rec)
+    # A baseline-only record and a record without its cached model stay as they are.
+    cb.write_record(
+        cb.record_path(out, "ranked", "classification", 1, "acsl", 0.5), dict(rec, seed=1)
+    )
+    wrapped = acsl_tf.prune_low_correlation(small_cnn(filters=(8, 12)), penalty=1e-3)
+    for wr in acsl_tf.get_wrappers(wrapped):
+        g = np.ones(wr.layer.gamma.shape, "float32")
+        g[: g.shape[0] // 2] = 0.0
+        wr.layer.gamma.assign(g)
+    path = cb.sparse_cache_path(
+        os.path.join(work, "ranked", "classification", "seed0"),
+        "acsl",
+        cb.controller_tag(opts),
+        0.5,
+    )
+    assert path.endswith("acsl_sparse_rate_p0_k0_s0.5_t50.keras")
+    os.makedirs(os.path.dirname(path))
+    wrapped.save(path)
+    assert cb.backfill_removable(out, work, "ranked") == 1
+    recs = {r["seed"]: r for r in cb.load_records(out, "ranked")}
+    expected = acsl_tf.plan_shrink(wrapped, threshold=cb.SPARSE_THRESHOLD).flops_reduction
+    assert recs[0]["sparse_removable"] == pytest.approx(expected) and expected > 0.3
+    assert "sparse_removable" not in recs[1]
