@@ -22,7 +22,8 @@ installed and TensorFlow is not imported for it).
 default on x86 Linux), so oneDNN's faster kernels stay on everywhere else.
 The exporters (``acsl_tf.export``) trace inside :func:`suspended`, so
 exported graphs keep the plain strided convolution. Set
-``ACSL_TF_ONEDNN_WORKAROUND=0`` before importing to keep Keras unchanged; :func:`hazards` then lists the layers of a model that can crash,
+``ACSL_TF_ONEDNN_WORKAROUND=0`` before importing to keep Keras unchanged;
+:func:`hazards` then lists the layers of a model that can crash,
 and ``TF_ENABLE_ONEDNN_OPTS=0`` (set before importing TensorFlow) is the
 blunt alternative.
 """

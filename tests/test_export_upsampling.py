@@ -9,6 +9,7 @@ import keras  # noqa: E402
 
 import acsl_tf  # noqa: E402
 from acsl_tf.export import _upsampling, inspect_delegation, run_tflite, to_tflite  # noqa: E402
+from tests._models import randomize_bn  # noqa: E402
 
 # Random BatchNorm statistics do not match random inputs; to_tflite rightly warns.
 pytestmark = pytest.mark.filterwarnings("ignore:The BatchNormalization moving statistics")
@@ -24,15 +25,7 @@ def _small_unet():
     rng = np.random.default_rng(0)
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
-            c = layer.gamma.shape[0]
-            layer.set_weights(
-                [
-                    rng.uniform(0.5, 1.5, c),
-                    rng.normal(0, 0.1, c),
-                    rng.normal(0, 0.1, c),
-                    rng.uniform(0.5, 1.5, c),
-                ]
-            )
+            randomize_bn(layer, rng)
     return model
 
 

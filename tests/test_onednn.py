@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-import acsl_tf
+import acsl_tf  # noqa: F401  (importing it installs the workaround)
 from acsl_tf import onednn
 
 

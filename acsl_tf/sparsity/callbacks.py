@@ -16,7 +16,7 @@ except ImportError:  # pragma: no cover - private module moved
 
 from acsl_tf import _validation
 from acsl_tf.sparsity.api import get_wrappers
-from acsl_tf.sparsity.wrapper import CONTROLLER_STATE_SIZE
+from acsl_tf.sparsity.wrapper import CONTROLLER_STATE_SIZE, check_strategy_supported
 
 
 def _wrappers_or_raise(model, who):
@@ -27,18 +27,6 @@ def _wrappers_or_raise(model, who):
             f"{getattr(model, 'name', model)!r} has no PruneLowCorrelation units."
         )
     return wrappers
-
-
-def _check_strategy(model):
-    """Refuse, at the start of ``fit``, a tf.distribute strategy that the
-    sparsity training does not support (docs/DISTRIBUTED.md)."""
-    if keras.backend.backend() != "tensorflow":
-        return
-    from acsl_tf.distributed import check_strategy
-
-    strategy = getattr(model, "distribute_strategy", None)
-    if strategy is not None:
-        check_strategy(strategy)
 
 
 def _time_to_threshold(unit) -> np.ndarray:
@@ -124,7 +112,7 @@ class PenaltyMetrics(_PenaltyLogs, keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._wrappers = _wrappers_or_raise(self.model, "PenaltyMetrics")
-        _check_strategy(self.model)
+        check_strategy_supported(getattr(self.model, "distribute_strategy", None))
 
     def on_epoch_begin(self, epoch, logs=None):
         self._penalty_begin()
@@ -199,9 +187,9 @@ class BudgetStrength(_PenaltyLogs, keras.callbacks.Callback):
     of the method's unmasked penalty, so the strengths are in force when
     the sets are first drawn. The penalty then pulls the needed channels
     apart from the kept ones; the sets are recomputed at every check, so a
-    channel the task loss holds up moves back to the kept set. The default, 0, leaves the kept channels to the
-    task loss (measured in docs/ACSL.md); ``kept_weight=1`` is the uniform
-    penalty of the published methods. Without ``BudgetStrength`` the mask
+    channel the task loss holds up moves back to the kept set. The default,
+    0, leaves the kept channels to the task loss (measured in docs/ACSL.md);
+    ``kept_weight=1`` is the uniform penalty of the published methods. Without ``BudgetStrength`` the mask
     stays at ones: every channel gets the method's penalty.
 
     **Step bound** (``max_step``). Under SGD an L1 penalty moves a gamma by
@@ -326,6 +314,8 @@ class BudgetStrength(_PenaltyLogs, keras.callbacks.Callback):
         self.verbose = int(verbose)
         self.history = []
         self._kept_min = self._last_kept = math.inf
+        self._bn_keep = None  # the kept channels of the last level() plan
+        self._bound = math.inf  # the step bound applied by the last _set_scale
         self._epoch_steps = None
         self._state_size = CONTROLLER_STATE_SIZE
 
@@ -366,7 +356,7 @@ class BudgetStrength(_PenaltyLogs, keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._wrappers = _wrappers_or_raise(self.model, "BudgetStrength")
-        _check_strategy(self.model)
+        check_strategy_supported(getattr(self.model, "distribute_strategy", None))
         self._kind, self._target = self._resolve_target(self._wrappers)
         for w in self._wrappers:
             w._budget_controlled = True
@@ -482,7 +472,7 @@ class BudgetStrength(_PenaltyLogs, keras.callbacks.Callback):
     def _update_mask(self) -> None:
         """Set every unit's ``budget_mask`` from the last :meth:`level` plan:
         1 on the channels the budget needs, ``kept_weight`` on the others."""
-        if self.kept_weight == 1.0 or getattr(self, "_bn_keep", None) is None:
+        if self.kept_weight == 1.0 or self._bn_keep is None:
             return
         for w in self._wrappers:
             mask = np.full(int(w.channels), self.kept_weight, "float32")
@@ -520,7 +510,8 @@ class BudgetStrength(_PenaltyLogs, keras.callbacks.Callback):
         return self.max_step * self.threshold * (1.0 - momentum) / jump
 
     def _set_scale(self, scale: float) -> float:
-        scale = float(min(max(scale, 1e-6), self.max_scale, self.step_bound()))
+        self._bound = self.step_bound()
+        scale = float(min(max(scale, 1e-6), self.max_scale, self._bound))
         for w in self._wrappers:
             w.budget_scale.assign(scale)
         return scale
@@ -585,7 +576,6 @@ class BudgetStrength(_PenaltyLogs, keras.callbacks.Callback):
         scale = self._protected(old, scale, step, kept)
         self._update_mask()
         scale = self._set_scale(scale)
-        bound = self.step_bound()
         self._last = (step, level)
         self._last_reduction, self._last_level, self._last_kept = reduction, level, kept
         self._save_state()
@@ -597,7 +587,7 @@ class BudgetStrength(_PenaltyLogs, keras.callbacks.Callback):
                 "scale": scale,
                 "level": level,
                 "kept_min": kept,
-                "bound": bound,
+                "bound": self._bound,
             }
         )
 
@@ -666,7 +656,7 @@ class BudgetStrength(_PenaltyLogs, keras.callbacks.Callback):
         ``tolerance`` during the last epoch: the gammas were still moving at
         the end, so the BatchNorm moving statistics lag behind them."""
         epoch = last.get("epoch")
-        before = [h for h in self.history if epoch is not None and h.get("epoch", epoch) < epoch]
+        before = [h for h in self.history if h.get("epoch", epoch) < epoch] if epoch else []
         if not before:
             return
         change = abs(last["reduction"] - before[-1]["reduction"])

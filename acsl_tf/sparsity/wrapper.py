@@ -55,14 +55,15 @@ def _replicas_in_sync() -> int:
     return 1 if ctx is None else int(ctx.num_replicas_in_sync)
 
 
-def _check_strategy() -> None:
-    """Refuse a tf.distribute strategy that the wrapper does not support
-    (acsl_tf.distributed.check_strategy), before any variable is created."""
+def check_strategy_supported(strategy=None) -> None:
+    """Refuse a tf.distribute strategy that sparsity training does not
+    support (:func:`acsl_tf.distributed.check_strategy`; default: the current
+    one). Other backends have no tf.distribute strategies: nothing to check."""
     if keras.backend.backend() != "tensorflow":
         return
     from acsl_tf.distributed import check_strategy
 
-    check_strategy()
+    check_strategy(strategy)
 
 
 def _optimizer_name(optimizer):
@@ -88,8 +89,8 @@ class PruneLowCorrelation(keras.layers.Wrapper):
     All of that state lives in non-trainable weights (``affinity``,
     ``strength``, ``step``, ``updates``, ``budget_scale``, the running sum of
     the penalty ``penalty_total``, the budget controller's
-    ``controller_state`` and ``budget_mask``), so it is saved with the model and a resumed ``fit``
-    continues exactly. The counters and sums are 64-bit (``int64``,
+    ``controller_state`` and ``budget_mask``), so it is saved with the model
+    and a resumed ``fit`` continues exactly. The counters and sums are 64-bit (``int64``,
     ``float64``), except on the JAX backend without ``jax_enable_x64``, where
     they are 32-bit (docs/BACKENDS.md); files load across backends.
 
@@ -237,7 +238,7 @@ class PruneLowCorrelation(keras.layers.Wrapper):
         return self.direction != "uniform" or self.method == "cap"
 
     def build(self, input_shape):
-        _check_strategy()
+        check_strategy_supported()  # before any variable is created
         axis = self.layer.axis
         axes = axis if isinstance(axis, (list, tuple)) else [axis]
         rank = len(input_shape)
