@@ -870,6 +870,8 @@ def prune_dcp(
     ``task``'s training pipeline, SGD at ``aux_lr``, BatchNorm statistics
     re-estimated after each stage's fine-tuning); with ``stopping="epsilon"``
     the adaptive rule (``settings["epsilon"]``) instead of the target.
+    ``options["aux_weight"]`` replaces the selection's lambda (``dcp_recon``:
+    0, the reconstruction loss alone).
     ``"dkp"``: ``select_kernels`` keeping ``1 - target`` of the kernels of
     every conv (:func:`dkp_layers`); a copy of the model with the others zero.
 
@@ -891,6 +893,8 @@ def prune_dcp(
     )
     t0 = time.time()
     options = dict(options or {})
+    if "aux_weight" in options:  # the selection's lambda (the heads keep their training)
+        kw["aux_weight"] = float(options["aux_weight"])
     if kind == "dcp":
         stop = dict(target_flops=float(target))
         if options.get("stopping") == "epsilon":
@@ -958,6 +962,7 @@ def prune_dcp(
     fields.update(
         dcp=dict(settings),
         aux_points=list(heads.points),
+        selection_aux_weight=kw["aux_weight"],
         refits_rejected=sum(s.rejected for s in res.layers),
         seconds_select=round(time.time() - t0, 1),
     )

@@ -73,6 +73,11 @@ METHODS: dict[str, dict] = {
     "dcp_stagewise": dict(
         sparsity=None, criterion="dcp", prune="dcp", options=dict(schedule="stagewise")
     ),
+    # DCP's selection with the reconstruction loss alone (lambda = 0): the
+    # same heads' fine-tuned model and settings as ``dcp``, so the difference
+    # between the two is what the discrimination-aware (auxiliary) loss adds
+    # to the selection, on the pixel tasks what the pixel-level heads add.
+    "dcp_recon": dict(sparsity=None, criterion="dcp", prune="dcp", options=dict(aux_weight=0.0)),
     # DCP with the adaptive stopping rule |L(t-1) - L(t)| / L(0) <= epsilon:
     # no FLOPs target; the record reports the reduction epsilon gives.
     "dcp_eps": dict(sparsity=None, criterion="dcp", prune="dcp", options=dict(stopping="epsilon")),

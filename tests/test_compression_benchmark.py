@@ -696,3 +696,37 @@ def test_backfill_removable_reads_the_cached_sparse_model(tmp_path):
     expected = acsl_tf.plan_shrink(wrapped, threshold=cb.SPARSE_THRESHOLD).flops_reduction
     assert recs[0]["sparse_removable"] == pytest.approx(expected) and expected > 0.3
     assert "sparse_removable" not in recs[1]
+
+
+def test_dcp_recon_selects_with_lambda_zero_on_the_same_heads():
+    import keras
+
+    from acsl_tf import dcp
+
+    assert METHODS["dcp_recon"]["prune"] == "dcp"
+    assert METHODS["dcp_recon"]["options"] == {"aux_weight": 0.0}
+    for mode in MODES.values():  # run on request only
+        assert "dcp_recon" not in mode["methods"]
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((12, 12, 3))
+    x = inp
+    for i, c in enumerate((8, 8, 16)):
+        x = keras.layers.Conv2D(c, 3, padding="same", name=f"c{i}")(x)
+        x = keras.layers.BatchNormalization(name=f"b{i}")(x)
+        x = keras.layers.ReLU(name=f"r{i}")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inp, keras.layers.Dense(4, name="fc")(x))
+    aux = dcp.with_auxiliary_heads(model, at=["r0", "r1"], task="classification")
+    rng = np.random.default_rng(0)
+    xs = rng.standard_normal((16, 12, 12, 3)).astype("float32")
+    ys = rng.integers(0, 4, 16)
+    settings = cb.dcp_settings("smoke", "classification")
+    fields = {}
+    for name in ("dcp", "dcp_recon"):
+        small, fields[name], cbs = cb.prune_dcp(
+            "dcp", model, aux, xs, ys, 0.5, settings, options=METHODS[name]["options"]
+        )
+        assert cbs == [] and small.count_params() < model.count_params()
+    assert fields["dcp"]["selection_aux_weight"] == settings["aux_weight"] == 1.0
+    assert fields["dcp_recon"]["selection_aux_weight"] == 0.0
+    assert fields["dcp_recon"]["dcp"] == fields["dcp"]["dcp"]  # same heads' settings
