@@ -177,6 +177,43 @@ def is_functional(model) -> bool:
     return isinstance(model, (Functional, keras.Sequential))
 
 
+def print_msg(message: str) -> None:
+    """Print like Keras' own console output (``print``, or absl logging when
+    Keras' interactive logging is off)."""
+    try:
+        from keras.src.utils.io_utils import print_msg as keras_print_msg
+    except ImportError:  # pragma: no cover - private module moved
+        keras_print_msg = print
+    keras_print_msg(message)
+
+
+def current_call_optimizer():
+    """The optimizer of the model whose ``fit``/``evaluate`` step is running
+    (read while a layer is being called), or None when unknown."""
+    try:
+        from keras.src.backend.common import global_state
+    except ImportError:  # pragma: no cover - private Keras module moved
+        return None
+    ctx = global_state.get_global_attribute("current_call_ctx")
+    return getattr(getattr(ctx, "entry_layer", None), "optimizer", None)
+
+
+def tensorflow_nn_module():
+    """Keras' TensorFlow implementation of ``keras.ops.nn`` (the module whose
+    ``conv`` the oneDNN workaround replaces)."""
+    from keras.src.backend.tensorflow import nn as tf_nn
+
+    return tf_nn
+
+
+def standardize_data_format(data_format):
+    """``"channels_last"``/``"channels_first"`` for ``data_format`` (None:
+    Keras' configured default)."""
+    from keras.src import backend as keras_backend
+
+    return keras_backend.standardize_data_format(data_format)
+
+
 def inbound_keras_tensors(node_config):
     """Yield ``(layer_name, node_index, tensor_index)`` for every KerasTensor in a
     serialized inbound node (Keras 3 format: ``{"args": [...], "kwargs": {...}}``)."""

@@ -59,9 +59,9 @@ def enabled() -> bool:
 
 
 def _tf_nn():
-    from keras.src.backend.tensorflow import nn as tf_nn
+    from acsl_tf import _keras
 
-    return tf_nn
+    return _keras.tensorflow_nn_module()
 
 
 def workaround_installed() -> bool:
@@ -83,9 +83,9 @@ def _strided_1x1_conv(original):
         if rank >= 1 and all(k == 1 for k in kernel.shape[:rank]):
             steps = _as_tuple(strides, rank)
             if any(s > 1 for s in steps):
-                from keras.src import backend
+                from acsl_tf import _keras
 
-                fmt = backend.standardize_data_format(data_format)
+                fmt = _keras.standardize_data_format(data_format)
                 full = slice(None)
                 spatial = tuple(slice(None, None, s) for s in steps)
                 if fmt == "channels_last":

@@ -244,3 +244,32 @@ def test_fresh_venv_pip_install_then_cpu_extra(tmp_path):
     assert path.startswith(str(env_dir)) and counts == "266 134" and typed == "True"
     proc = _check(subprocess.run([str(env_dir / "bin" / "acsl-tf"), "--version"], **run))
     assert proc.stdout.strip() == f"acsl-tf {PYPROJECT['project']['version']}"
+
+
+def test_private_keras_modules_are_reached_only_through_the_compatibility_module():
+    """Every access to Keras' private ``keras.src`` lives in acsl_tf/_keras.py,
+    so a Keras upgrade that moves one has a single place to fix."""
+    import re
+
+    pattern = re.compile(r"\bkeras\.src\b")
+    offenders = []
+    for path in sorted((ROOT / "acsl_tf").rglob("*.py")):
+        if path.name == "_keras.py" and path.parent.name == "acsl_tf":
+            continue
+        for i, line in enumerate(path.read_text().splitlines(), 1):
+            if pattern.search(line):
+                offenders.append(f"{path.relative_to(ROOT)}:{i}: {line.strip()}")
+    assert offenders == []
+
+
+def test_compatibility_accessors_reach_keras_internals():
+    import keras
+
+    assert callable(_keras.tensorflow_nn_module().conv)
+    assert _keras.standardize_data_format(None) == keras.config.image_data_format()
+    assert _keras.standardize_data_format("channels_first") == "channels_first"
+    assert _keras.current_call_optimizer() is None  # no step is running
+    inp = keras.Input((3,))
+    assert _keras.is_functional(keras.Model(inp, keras.layers.Dense(2)(inp)))
+    assert _keras.is_functional(keras.Sequential([keras.layers.Dense(2)]))
+    assert not _keras.is_functional(keras.layers.Dense(2))

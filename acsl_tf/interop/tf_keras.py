@@ -222,7 +222,7 @@ def _copy_weights(src, dst):
 
 def _check_graph_model(model, *, what, flavour):
     if flavour == "keras":
-        ok = isinstance(model, keras.Sequential) or _is_k3_functional(model)
+        ok = _keras.is_functional(model)
     else:
         ok = type(model).__name__ in ("Functional", "Sequential") and is_tf_keras_model(model)
     if not ok:
@@ -240,12 +240,6 @@ def _check_graph_model(model, *, what, flavour):
             f"{what} needs a built model with defined inputs. Create it with an Input layer "
             f"(or call it once on a batch). Received: model={model.name!r}"
         )
-
-
-def _is_k3_functional(model):
-    from keras.src.models.functional import Functional
-
-    return isinstance(model, Functional)
 
 
 def _flatten_k3(x):

@@ -9,12 +9,7 @@ import warnings
 import keras
 import numpy as np
 
-try:  # Keras' own console output (absl logging when interactive logging is off)
-    from keras.src.utils.io_utils import print_msg as _print_msg
-except ImportError:  # pragma: no cover - private module moved
-    _print_msg = print
-
-from acsl_tf import _validation
+from acsl_tf import _keras, _validation
 from acsl_tf.sparsity.api import get_wrappers
 from acsl_tf.sparsity.wrapper import CONTROLLER_STATE_SIZE, check_strategy_supported
 
@@ -46,7 +41,7 @@ def _print(callback, message):
     """Print through Keras' I/O path; after a progress bar (verbose=1) start on
     a new line, as Keras' own callbacks do, so the lines do not collide."""
     verbose = (callback.params or {}).get("verbose")
-    _print_msg(("\n" if verbose == 1 else "") + message)
+    _keras.print_msg(("\n" if verbose == 1 else "") + message)
 
 
 class _PenaltyLogs:

@@ -432,13 +432,7 @@ class PruneLowCorrelation(keras.layers.Wrapper):
                 "and the penalty keeps its base strength. Pass "
                 "callbacks=[acsl_tf.BudgetStrength(...)] to `fit`.",
             )
-        try:
-            from keras.src.backend.common import global_state
-
-            ctx = global_state.get_global_attribute("current_call_ctx")
-            optimizer = getattr(getattr(ctx, "entry_layer", None), "optimizer", None)
-        except ImportError:  # pragma: no cover - private Keras module moved
-            optimizer = None
+        optimizer = _keras.current_call_optimizer()
         if optimizer is not None and _optimizer_name(optimizer) in L1_CANCELLING_OPTIMIZERS:
             self._warn_once(
                 "optimizer",
