@@ -87,6 +87,21 @@ def _int8_row(path, task, runs):
     )
 
 
+def _ptq_row(model, path, task, runs):
+    """Post-training full-int8 export calibrated on the task's representative
+    data, and its row."""
+    from acsl_tf import export
+
+    export.to_tflite(
+        model,
+        path,
+        quantization="int8",
+        representative_data=task.representative_data,
+        overwrite=True,
+    )
+    return _int8_row(path, task, runs)
+
+
 def run_one(
     task_name, seed, method, *, target, work_dir, out_dir, qat_epochs, qat_lr, runs, mode="ranked"
 ):
@@ -94,7 +109,7 @@ def run_one(
     False when its sparsity-trained model is missing."""
     import keras
 
-    from acsl_tf import export, interop
+    from acsl_tf import interop
     from acsl_tf import workflow as wf
 
     cfg = MODES[mode]["tasks"][task_name]
@@ -142,15 +157,7 @@ def run_one(
         with open(ref) as f:
             rec["compression_record_metric"] = json.load(f)["metric"]
     with tempfile.TemporaryDirectory() as tmp:
-        ptq = os.path.join(tmp, "ptq.tflite")
-        export.to_tflite(
-            small,
-            ptq,
-            quantization="int8",
-            representative_data=task.representative_data,
-            overwrite=True,
-        )
-        rec["ptq"] = _int8_row(ptq, task, runs)
+        rec["ptq"] = _ptq_row(small, os.path.join(tmp, "ptq.tflite"), task, runs)
         cb._log(
             f"{task_name} seed {seed} {method}: float {rec['float']['metric']:.4f} "
             f"(record {rec.get('compression_record_metric')}), PTQ {rec['ptq']['metric']:.4f}"
@@ -162,15 +169,7 @@ def run_one(
         wf.finetune(longer, task, qat_epochs, lr=qat_lr, verbose=0)
         rec["seconds_longer_float"] = round(time.time() - t1, 1)
         rec["longer_float"] = dict(metric=wf.evaluate(longer, task))
-        lptq = os.path.join(tmp, "longer_ptq.tflite")
-        export.to_tflite(
-            longer,
-            lptq,
-            quantization="int8",
-            representative_data=task.representative_data,
-            overwrite=True,
-        )
-        rec["longer_ptq"] = _int8_row(lptq, task, runs)
+        rec["longer_ptq"] = _ptq_row(longer, os.path.join(tmp, "longer_ptq.tflite"), task, runs)
 
         qat = os.path.join(tmp, "qat.tflite")
         keras.utils.set_random_seed(seed)
