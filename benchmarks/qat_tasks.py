@@ -296,6 +296,26 @@ def write_summary(out_dir, mode="ranked"):
     return path
 
 
+DOCS_START = "<!-- qat-tasks:start -->"
+DOCS_END = "<!-- qat-tasks:end -->"
+
+
+def update_docs(summary_path: str, doc: str) -> None:
+    """Embed the summary (without its title, headings one level deeper)
+    between the qat-tasks markers of ``doc`` (docs/QAT.md), atomically."""
+    from acsl_tf import _io
+
+    with open(summary_path) as f:
+        lines = f.read().splitlines()
+    body = lines[1:] if lines and lines[0].startswith("# ") else lines
+    block = "\n".join(("##" + ln) if ln.startswith("#") else ln for ln in body)
+    with open(doc) as f:
+        text = cb.embed(f.read(), block, DOCS_START, DOCS_END)
+    with _io.atomic_path(doc, overwrite=True, suffix=".md") as tmp:
+        with open(tmp, "w") as f:
+            f.write(text)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tasks", default=",".join(cb.TASK_NAMES))
@@ -310,6 +330,7 @@ def main(argv=None) -> int:
     p.add_argument("--out-dir", default=OUT)
     p.add_argument("--stop-at", default=None, help="HH:MM UTC: start no new run after this")
     p.add_argument("--summary-only", action="store_true")
+    p.add_argument("--update-docs", action="store_true", help="embed the summary into docs/QAT.md")
     a = p.parse_args(argv)
     tasks = cb._csv(a.tasks)
     for t in tasks:
@@ -347,8 +368,11 @@ def main(argv=None) -> int:
                         mode=a.mode,
                     )
     if load(a.out_dir, a.mode):
-        with open(write_summary(a.out_dir, a.mode)) as f:
+        path = write_summary(a.out_dir, a.mode)
+        with open(path) as f:
             print(f.read())
+        if a.update_docs:
+            update_docs(path, os.path.join(os.path.dirname(HERE), "docs", "QAT.md"))
     return 0
 
 

@@ -137,3 +137,18 @@ def test_one_record_end_to_end_in_the_smoke_setting(tmp_path):
     assert abs(rec["ptq"]["metric"] - rec["float"]["metric"]) < 0.1
     assert rec["qat"]["parity_relative_error"] < 0.1
     assert (out / "summary_smoke.md").exists()
+
+
+def test_update_docs_embeds_the_summary_between_the_markers(tmp_path):
+    summary = tmp_path / "summary.md"
+    summary.write_text("# Title\n\nintro\n\n## classification, ACSL\n\n| a |\n")
+    doc = tmp_path / "QAT.md"
+    doc.write_text(f"before\n{qt.DOCS_START}\nold\n{qt.DOCS_END}\nafter\n")
+    qt.update_docs(str(summary), str(doc))
+    text = doc.read_text()
+    assert "old" not in text and "# Title" not in text
+    assert "intro" in text and "### classification, ACSL" in text
+    assert text.startswith("before\n") and text.endswith(f"{qt.DOCS_END}\nafter\n")
+    doc.write_text("no markers\n")
+    with pytest.raises(ValueError, match="markers"):
+        qt.update_docs(str(summary), str(doc))
