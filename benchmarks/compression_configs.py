@@ -57,6 +57,13 @@ METHODS: dict[str, dict] = {
         sparsity="acsl", criterion="gamma", options=dict(direction="redundant", clip=(0.5, 2.0))
     ),
     "ns": dict(sparsity="ns", criterion="gamma", options={}),
+    # The betas penalised with the gammas (beta_weight=1): the channels to
+    # be removed end with a (near) zero constant output, so shrink's fold is
+    # exact instead of approximate at the zero-padded borders of kxk convs.
+    "acsl_beta": dict(
+        sparsity="acsl", criterion="gamma", options=dict(direction="redundant", beta_weight=1.0)
+    ),
+    "ns_beta": dict(sparsity="ns", criterion="gamma", options=dict(beta_weight=1.0)),
     "cap": dict(sparsity="cap", criterion="cap", options={}),
     "l1": dict(sparsity=None, criterion="l1", options={}),
     # L1 norms normalised per layer: removes a similar fraction of every layer

@@ -276,3 +276,69 @@ def test_budget_mask_scales_the_penalty_per_channel():
     strength = keras.ops.convert_to_numpy(wr.strength)
     assert masked == pytest.approx(full * strength[0] * gamma[0] / float(np.sum(strength * gamma)))
     np.testing.assert_allclose(wr.channel_penalties()[1:], 0.0)
+
+
+def test_beta_weight_adds_the_same_per_channel_penalty_on_beta():
+    w = _wrapped()
+    wr = acsl_tf.get_wrappers(w)[0]
+    rng = np.random.default_rng(1)
+    wr.layer.beta.assign(rng.normal(size=wr.channels).astype("float32"))
+    mask = (np.arange(wr.channels) % 2).astype("float32")
+    wr.budget_mask.assign(mask)
+    wr.strength.assign(rng.uniform(0.5, 2.0, wr.channels).astype("float32"))
+    lam = wr.channel_penalties()
+    gamma = np.abs(keras.ops.convert_to_numpy(wr.layer.gamma))
+    beta = np.abs(keras.ops.convert_to_numpy(wr.layer.beta))
+    assert float(wr.penalty_loss()) == pytest.approx(float(np.sum(lam * gamma)), rel=1e-5)
+    wr.beta_weight = 0.5
+    want = float(np.sum(lam * (gamma + 0.5 * beta)))
+    assert float(wr.penalty_loss()) == pytest.approx(want, rel=1e-5)
+    import tensorflow as tf
+
+    with tf.GradientTape() as tape:
+        loss = wr.penalty_loss()
+    grad = keras.ops.convert_to_numpy(tape.gradient(loss, wr.layer.beta))
+    np.testing.assert_allclose(
+        grad, 0.5 * lam * np.sign(keras.ops.convert_to_numpy(wr.layer.beta)), rtol=1e-5
+    )
+    assert np.all(grad[mask == 0] == 0)  # the channels the budget keeps: no pull on beta
+
+
+def test_beta_weight_is_validated_saved_and_ignored_without_beta():
+    bn = keras.layers.BatchNormalization()
+    wr = acsl_tf.PruneLowCorrelation(bn, beta_weight=0.25)
+    assert acsl_tf.PruneLowCorrelation.from_config(wr.get_config()).beta_weight == 0.25
+    assert acsl_tf.PruneLowCorrelation(bn).beta_weight == 0.0
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="beta_weight"):
+            acsl_tf.PruneLowCorrelation(bn, beta_weight=bad)
+    with pytest.raises(ValueError, match="beta_weight"):
+        acsl_tf.prune_low_correlation(small_cnn(filters=(8, 12)), beta_weight=-0.1)
+    # center=False: no beta, only the gamma term
+    nobeta = acsl_tf.PruneLowCorrelation(
+        keras.layers.BatchNormalization(center=False), beta_weight=1
+    )
+    nobeta.build((None, 4, 4, 3))
+    nobeta.layer.gamma.assign(np.array([0.5, -1.0, 2.0], "float32"))
+    assert float(nobeta.penalty_loss()) == pytest.approx(3.5 * nobeta.penalty, rel=1e-5)
+
+
+def test_beta_weight_pulls_the_betas_down_in_training():
+    """Trained with the same strengths, the betas end at least 4x smaller
+    (median) with beta_weight=1 than with the gammas alone."""
+    x, y = _data(256)
+    out = {}
+    for bw in (0.0, 1.0):
+        keras.utils.set_random_seed(0)
+        w = acsl_tf.prune_low_correlation(
+            small_cnn(filters=(8, 12)), penalty=2e-2, beta_weight=bw, update_every=1
+        )
+        for wr in acsl_tf.get_wrappers(w):
+            wr.layer.beta.assign(np.full(wr.channels, 0.3, "float32"))
+        _compile(w)
+        w.fit(x, y, epochs=6, batch_size=32, verbose=0)
+        betas = np.concatenate(
+            [np.abs(keras.ops.convert_to_numpy(wr.layer.beta)) for wr in acsl_tf.get_wrappers(w)]
+        )
+        out[bw] = float(np.median(betas))
+    assert out[1.0] < 0.25 * out[0.0]

@@ -124,6 +124,7 @@ def prune_low_correlation(
     pruning_policy: Callable[[keras.layers.Layer], bool] | None = None,
     handlers=None,
     moving_stats_momentum: float | None = 0.5,
+    beta_weight: float = 0.0,
 ) -> keras.Model:
     """Wrap every prunable unit of a model for ACSL sparsity training.
 
@@ -168,6 +169,10 @@ def prune_low_correlation(
         moving_stats_momentum: momentum of the BatchNorm moving statistics
             during sparsity training (see :class:`PruneLowCorrelation`; None
             keeps each BatchNorm's own).
+        beta_weight: also penalise ``|beta|`` with the same per-channel
+            strengths, times this factor (see :class:`PruneLowCorrelation`);
+            makes ``shrink`` exact where the removed channels' constant
+            outputs would otherwise be folded approximately.
 
     Returns:
         A new functional ``keras.Model`` with the same inputs, outputs and
@@ -244,6 +249,7 @@ def prune_low_correlation(
         target_flops=target_flops,
         target_params=target_params,
         moving_stats_momentum=moving_stats_momentum,
+        beta_weight=beta_weight,
     )
     # Validate the options once, before cloning anything.
     probe = next(iter(units.values()))[0]

@@ -135,6 +135,13 @@ class PruneLowCorrelation(keras.layers.Wrapper):
             BatchNorm's own momentum. The default 0.5 follows the activations
             within a few steps even under a strength multiplier of 10-20
             (docs/ACSL.md has the measurement).
+        beta_weight: the same per-channel penalty on ``|beta|``, times this
+            factor (>= 0; default 0: gammas only). A channel whose gamma is
+            zeroed still outputs ``act(beta)``, a constant that ``shrink``
+            folds into the next layer's bias, which is exact except at the
+            zero-padded borders of kxk convolutions; driving the betas of the
+            channels to be removed to zero as well makes those rewrites
+            exact (docs/ACSL.md has the measurement).
     """
 
     def __init__(
@@ -156,6 +163,7 @@ class PruneLowCorrelation(keras.layers.Wrapper):
         target_flops=None,
         target_params=None,
         moving_stats_momentum=0.5,
+        beta_weight: float = 0.0,
         **kwargs,
     ):
         if not isinstance(layer, keras.layers.BatchNormalization):
@@ -224,6 +232,7 @@ class PruneLowCorrelation(keras.layers.Wrapper):
                 moving_stats_momentum, "moving_stats_momentum"
             )
         self.moving_stats_momentum = moving_stats_momentum
+        self.beta_weight = _validation.non_negative(beta_weight, "beta_weight")
         self.regularizer = CorrelationSparsity(self.penalty)
         # Set by BudgetStrength for the length of a `fit`; read when the
         # training step is traced.
@@ -362,8 +371,14 @@ class PruneLowCorrelation(keras.layers.Wrapper):
         return keras.ops.convert_to_numpy(self.penalty * self.channel_weights())
 
     def penalty_loss(self):
-        """The loss term ``sum_i lambda_i |gamma_i|`` of this unit."""
-        return self.regularizer(self.layer.gamma, self.channel_weights())
+        """The loss term ``sum_i lambda_i (|gamma_i| + beta_weight |beta_i|)``
+        of this unit (the beta term only when ``beta_weight > 0`` and the
+        BatchNorm has a beta)."""
+        weights = self.channel_weights()
+        loss = self.regularizer(self.layer.gamma, weights)
+        if self.beta_weight > 0 and self.layer.center:
+            loss = loss + self.beta_weight * self.regularizer(self.layer.beta, weights)
+        return loss
 
     # -- statistics ------------------------------------------------------------------
 
@@ -513,6 +528,7 @@ class PruneLowCorrelation(keras.layers.Wrapper):
                 "target_flops": self.target_flops,
                 "target_params": self.target_params,
                 "moving_stats_momentum": self.moving_stats_momentum,
+                "beta_weight": self.beta_weight,
             }
         )
         return config
