@@ -4,7 +4,10 @@ The same architectures (keras.applications vs torchvision, random weights,
 224 px), 30% of the channels removed by L1 magnitude, a fresh process for
 every run (imports and model build excluded from the timing), runs of the
 two tools interleaved, medians reported. acsl_tf is timed with and without
-its exactness measurement (``verify``), which Torch-Pruning does not do.
+its exactness measurement (``verify``), which Torch-Pruning does not do, and
+once as ``verify=bare``: neither the measurement nor the fold of the removed
+channels' constants into the next layers (``fold_removed=False``; both need
+a reference run of the original model), i.e. the work Torch-Pruning does.
 For acsl_tf the CPU seconds of the same span are given too (all threads of
 the process): on a loaded machine they vary less than the wall time.
 
@@ -21,6 +24,7 @@ Usage:
     python benchmarks/shrink_speed.py [--repeats 5] [--only ResNet50,MobileNetV2]
         [--baseline DIR --baseline-label 9a1b054] [--out benchmarks/results/shrink_speed.md]
     python benchmarks/shrink_speed.py --worker ResNet50 224 0.3 warn   # one acsl_tf run
+        (VERIFY: warn, off or bare)
 """
 
 from __future__ import annotations
@@ -55,7 +59,12 @@ def worker(name, size, ratio, verify):
     t_plan = time.perf_counter() - t
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = acsl_tf.apply_plan(m, plan, verify=verify if verify != "off" else False)
+        res = acsl_tf.apply_plan(
+            m,
+            plan,
+            verify=verify if verify not in ("off", "bare") else False,
+            fold_removed=verify != "bare",
+        )
     seconds = time.perf_counter() - t
     cpu = time.process_time() - cpu
     print(
@@ -109,7 +118,7 @@ def main(argv=None):
     for name in args.only.split(","):
         for r in range(args.repeats):
             cmds = {}
-            for verify in ("off", "warn"):
+            for verify in ("bare", "off", "warn"):
                 worker_cmd = [sys.executable, __file__, "--worker", name, str(args.size),
                               str(args.ratio), verify]  # fmt: skip
                 cmds[f"acsl_tf (verify={verify})"] = (worker_cmd, None)
