@@ -254,3 +254,42 @@ def test_benchmark_quick_run(capsys):
     assert len(table) == 1 + 6  # header + six stages
     assert sum("QAT" in line for line in table) == 2
     assert tf.keras.layers.Dense is keras.layers.Dense
+
+
+def _nearest_unet():
+    inp = keras.Input((8, 8, 3))
+    a = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="enc")(inp)
+    d = keras.layers.MaxPooling2D(name="pool")(a)
+    d = keras.layers.Conv2D(6, 3, padding="same", activation="relu", name="mid")(d)
+    u = keras.layers.UpSampling2D(2, name="up")(d)  # nearest
+    x = keras.layers.Concatenate(name="cat")([a, u])
+    return keras.Model(inp, keras.layers.Conv2D(3, 1, name="logits")(x))
+
+
+@pytest.mark.parametrize("lower", [True, False])
+def test_nearest_upsampling_is_lowered_in_the_qat_file(tmp_path, lower):
+    """tf_keras converts nearest UpSampling2D to RESIZE_NEAREST_NEIGHBOR, which
+    XNNPACK does not take in int8 (the graph splits); lowered, it is
+    CONCATENATION + RESHAPE in one delegated partition, with the same parity."""
+    tfk = interop.import_tf_keras()
+    keras.utils.set_random_seed(3)
+    rng = np.random.default_rng(3)
+    x = rng.random((48, 8, 8, 3), dtype=np.float32)
+    y = rng.integers(0, 3, (48, 8, 8)).astype("int32")
+    r = interop.quantize_aware(
+        _nearest_unet(), tmp_path / "u.tflite", x, y, loss=_loss(), epochs=1, batch_size=16,
+        verbose=0, lower_upsampling=lower,
+    )  # fmt: skip
+    assert r.report.passed and r.report.relative_error <= INT8_TOL
+    placement = export.inspect_delegation(tmp_path / "u.tflite")
+    if lower:
+        assert "RESIZE_NEAREST_NEIGHBOR" not in r.report.ops
+        assert {"CONCATENATION", "RESHAPE"} <= set(r.report.ops)
+        assert r.report.extra["upsampling_lowered"] == ["up"]
+        assert placement["partitions"] == 1 and placement["not_delegated"] == {}
+    else:
+        assert "RESIZE_NEAREST_NEIGHBOR" in r.report.ops
+        assert "upsampling_lowered" not in r.report.extra
+        assert placement["not_delegated"].get("RESIZE_NEAREST_NEIGHBOR") == 1
+    # the class is restored
+    assert not getattr(tfk.layers.UpSampling2D.call, "_acsl_tf_lowered", False)

@@ -166,7 +166,7 @@ def _lowered_call(layer, inputs, original, record: UpsamplingRecord):
 
 
 @contextlib.contextmanager
-def lowered_nearest_upsampling(enabled: bool = True):
+def lowered_nearest_upsampling(enabled: bool = True, cls=None):
     """Trace nearest ``UpSampling2D`` layers as concatenations and a reshape.
 
     Inside the block, ``keras.layers.UpSampling2D.call`` computes nearest
@@ -180,6 +180,10 @@ def lowered_nearest_upsampling(enabled: bool = True):
 
     Args:
         enabled: With False, nothing is changed (the record stays empty).
+        cls: The upsampling class whose ``call`` is swapped (default:
+            ``keras.layers.UpSampling2D``; ``tf_keras.layers.UpSampling2D``
+            for a tf_keras model, whose nearest upsampling converts to
+            ``RESIZE_NEAREST_NEIGHBOR``, which XNNPACK does not take in int8).
 
     Yields:
         An :class:`UpsamplingRecord` filled as layers are traced.
@@ -188,9 +192,10 @@ def lowered_nearest_upsampling(enabled: bool = True):
     if not enabled:
         yield record
         return
-    import keras
+    if cls is None:
+        import keras
 
-    cls = keras.layers.UpSampling2D
+        cls = keras.layers.UpSampling2D
     with _lock:
         own = "call" in cls.__dict__
         original = cls.call

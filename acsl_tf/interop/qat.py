@@ -228,8 +228,14 @@ def _init_ranges(qat_model, x, batch_size=64):
 # --------------------------------------------------------------------------
 
 
-def _convert_int8(qat_model, input_shape, calibration, int8_io):
+def _convert_int8(qat_model, input_shape, calibration, int8_io, upsampling_cls=None, record=None):
+    """Full-int8 flatbuffer of the QAT model; with ``upsampling_cls`` (the
+    tf_keras ``UpSampling2D``), nearest upsampling is traced as concatenations
+    and a reshape (see ``acsl_tf.export.to_tflite(lower_upsampling=...)``)
+    and ``record`` (an ``UpsamplingRecord``) says which layers were."""
     import tensorflow as tf
+
+    from acsl_tf.export import _upsampling
 
     spec = tf.TensorSpec((None,) + tuple(input_shape), tf.float32, name="input")
 
@@ -237,7 +243,13 @@ def _convert_int8(qat_model, input_shape, calibration, int8_io):
     def serve(x):
         return qat_model(x, training=False)
 
-    concrete = serve.get_concrete_function()
+    with _upsampling.lowered_nearest_upsampling(
+        upsampling_cls is not None, cls=upsampling_cls
+    ) as traced:
+        concrete = serve.get_concrete_function()
+    if record is not None:
+        record.lowered.extend(n for n in traced.lowered if n not in record.lowered)
+        record.kept.update(traced.kept)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], qat_model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
 
@@ -330,6 +342,7 @@ def quantize_aware(
     num_calibration_samples: int = 200,
     init_ranges: bool = True,
     int8_io: bool = True,
+    lower_upsampling: bool = True,
     verify: bool = True,
     num_verify_samples: int = 32,
     tolerance: float | None = None,
@@ -383,6 +396,12 @@ def quantize_aware(
         init_ranges: Initialize the activation ranges from the data (see above).
         int8_io: int8 input/output tensors (True) or float32 I/O with
             quantize/dequantize ops at the edges (False).
+        lower_upsampling: Convert nearest ``UpSampling2D`` layers as
+            concatenations and a reshape, which XNNPACK delegates, instead
+            of ``RESIZE_NEAREST_NEIGHBOR``, which it does not take in int8
+            (each one splits the graph); the values are identical. As in
+            :func:`acsl_tf.export.to_tflite`; the report's ``extra`` lists
+            the layers (``upsampling_lowered`` / ``upsampling_kept``).
         verify: Compare the file with the QAT model before writing it.
         num_verify_samples: Verification samples.
         tolerance: Relative parity tolerance; ``None`` uses
@@ -521,7 +540,17 @@ def quantize_aware(
 
         start = time.perf_counter()
         calibration = samples[:num_calibration_samples]
-        content = _convert_int8(qat, input_shape, calibration, int8_io)
+        from acsl_tf.export import _upsampling
+
+        traced = _upsampling.UpsamplingRecord()
+        content = _convert_int8(
+            qat,
+            input_shape,
+            calibration,
+            int8_io,
+            upsampling_cls=tfk.layers.UpSampling2D if lower_upsampling else None,
+            record=traced,
+        )
         seconds = time.perf_counter() - start
         info = export.inspect_tflite(content)
         report = export.ExportReport(
@@ -541,6 +570,7 @@ def quantize_aware(
                 "num_calibration_samples": int(len(calibration)),
                 "int8_io": bool(int8_io),
                 "conversion_seconds": round(seconds, 3),
+                **traced.as_extra(),
             },
         )
         if verify:
