@@ -87,6 +87,27 @@ def _int8_row(path, task, runs):
     )
 
 
+COMPRESSION = os.path.join(HERE, "results", "compression")
+
+
+def compression_metric(rec, compression_dir=COMPRESSION):
+    """The compression benchmark's metric of the same prune + fine-tune
+    (its plain record), or None when that record is not there."""
+    ref = cb.record_path(
+        compression_dir,
+        rec.get("mode", "ranked"),
+        rec["task"],
+        rec["seed"],
+        rec["method"],
+        rec["target"],
+        "plain",
+    )
+    if not os.path.exists(ref):
+        return None
+    with open(ref) as f:
+        return json.load(f)["metric"]
+
+
 def _ptq_row(model, path, task, runs):
     """Post-training full-int8 export calibrated on the task's representative
     data, and its row."""
@@ -150,12 +171,7 @@ def run_one(
     wf.finetune(small, task, cfg["finetune_epochs"], lr=cfg["finetune_lr"], verbose=0)
     rec["params"] = int(small.count_params())
     rec["float"] = dict(metric=wf.evaluate(small, task))
-    ref = cb.record_path(
-        os.path.join(HERE, "results", "compression"), mode, task_name, seed, method, target, "plain"
-    )
-    if os.path.exists(ref):
-        with open(ref) as f:
-            rec["compression_record_metric"] = json.load(f)["metric"]
+    rec["compression_record_metric"] = compression_metric(rec)
     with tempfile.TemporaryDirectory() as tmp:
         rec["ptq"] = _ptq_row(small, os.path.join(tmp, "ptq.tflite"), task, runs)
         cb._log(
@@ -215,7 +231,7 @@ def _scale(rec):
     return 100.0 if rec["metric_name"] in ("accuracy", "mean_iou") else 1.0
 
 
-def summary_markdown(recs) -> str:
+def summary_markdown(recs, compression_dir=COMPRESSION) -> str:
     from collections import defaultdict
 
     groups = defaultdict(list)
@@ -267,11 +283,11 @@ def summary_markdown(recs) -> str:
             lines.append(
                 f"- {label}: {m:+.2f} {rng} (per seed: {', '.join(f'{v:+.2f}' for v in d)})"
             )
-        repro = [
-            abs(r["float"]["metric"] - r["compression_record_metric"]) * s
+        refs = [
+            (r, r.get("compression_record_metric") or compression_metric(r, compression_dir))
             for r in rs
-            if r.get("compression_record_metric") is not None
         ]
+        repro = [abs(r["float"]["metric"] - ref) * s for r, ref in refs if ref is not None]
         if repro:
             lines.append(
                 f"- float32 vs the compression benchmark's record of the same run: at most "

@@ -152,3 +152,16 @@ def test_update_docs_embeds_the_summary_between_the_markers(tmp_path):
     doc.write_text("no markers\n")
     with pytest.raises(ValueError, match="markers"):
         qt.update_docs(str(summary), str(doc))
+
+
+def test_summary_reads_the_compression_record_when_the_run_did_not(tmp_path):
+    rec = _rec(0, 0.90, 0.88, 0.905, 0.89, 0.90, 0.90)
+    rec["compression_record_metric"] = None
+    path = cb.record_path(str(tmp_path), "ranked", "classification", 0, "acsl", 0.85, "plain")
+    os.makedirs(os.path.dirname(path))
+    with open(path, "w") as f:
+        json.dump({"metric": 0.8975}, f)
+    assert qt.compression_metric(rec, str(tmp_path)) == 0.8975
+    text = qt.summary_markdown([rec], compression_dir=str(tmp_path))
+    assert "at most 0.25 apart" in text
+    assert "apart" not in qt.summary_markdown([rec], compression_dir=str(tmp_path / "none"))
