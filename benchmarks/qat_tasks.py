@@ -271,7 +271,8 @@ def summary_markdown(recs, compression_dir=COMPRESSION) -> str:
                 ms = f"{sorted(r[key]['latency_ms'] for r in rs)[len(rs) // 2]:.3f}"
             cell = f"{m:.2f} ± {h:.2f}" if len(rs) > 1 else f"{m:.2f}"
             lines.append(f"| {label} | {cell} | {kib} | {ms} |")
-        lines.append("")
+        better = "positive" if rs[0]["higher_is_better"] else "negative"
+        lines += ["", f"Paired differences ({better} is better), mean [95% CI]:", ""]
         for a, b, label in (
             ("ptq", "float", "PTQ int8 - float32"),
             ("qat", "ptq", "QAT int8 - PTQ int8"),
@@ -324,7 +325,7 @@ def update_docs(summary_path: str, doc: str) -> None:
     with open(summary_path) as f:
         lines = f.read().splitlines()
     body = lines[1:] if lines and lines[0].startswith("# ") else lines
-    block = "\n".join(("##" + ln) if ln.startswith("#") else ln for ln in body)
+    block = "\n".join(("#" + ln) if ln.startswith("#") else ln for ln in body)
     with open(doc) as f:
         text = cb.embed(f.read(), block, DOCS_START, DOCS_END)
     with _io.atomic_path(doc, overwrite=True, suffix=".md") as tmp:

@@ -147,7 +147,7 @@ def test_update_docs_embeds_the_summary_between_the_markers(tmp_path):
     qt.update_docs(str(summary), str(doc))
     text = doc.read_text()
     assert "old" not in text and "# Title" not in text
-    assert "intro" in text and "### classification, ACSL" in text
+    assert "intro" in text and "\n### classification, ACSL\n" in text
     assert text.startswith("before\n") and text.endswith(f"{qt.DOCS_END}\nafter\n")
     doc.write_text("no markers\n")
     with pytest.raises(ValueError, match="markers"):
@@ -165,3 +165,10 @@ def test_summary_reads_the_compression_record_when_the_run_did_not(tmp_path):
     text = qt.summary_markdown([rec], compression_dir=str(tmp_path))
     assert "at most 0.25 apart" in text
     assert "apart" not in qt.summary_markdown([rec], compression_dir=str(tmp_path / "none"))
+
+
+def test_summary_says_which_sign_is_better():
+    acc = qt.summary_markdown([_rec(0, 0.9, 0.88, 0.9, 0.89, 0.9, 0.9)])
+    mae = qt.summary_markdown([_rec(0, 2.5, 2.7, 2.4, 2.6, 2.5, 2.55, task="counting")])
+    assert "Paired differences (positive is better)" in acc
+    assert "Paired differences (negative is better)" in mae
