@@ -1,7 +1,7 @@
 """Which channels do the sparsity-trained methods remove, compared with the
 baseline's own |gamma| order?
 
-For each seed and FLOPs target of the ranked classification benchmark, it
+For each seed and FLOPs target of a ranked benchmark task (``--task``), it
 plans ``shrink(target_flops=t)`` (the ``gamma`` criterion, as the benchmark
 prunes) on the unpruned baseline and on the ACSL and Network Slimming
 sparsity-trained models cached by ``benchmarks/compression.py --mode ranked``,
@@ -47,6 +47,9 @@ def jaccard(a: set, b: set) -> float:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work-dir", default=".bench_work")
+    parser.add_argument(
+        "--task", default="classification", choices=("classification", "segmentation", "counting")
+    )
     parser.add_argument("--controller", default="rate_p0", help="cache tag, e.g. rate_p0")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--targets", default="0.5,0.85")
@@ -58,7 +61,7 @@ def main(argv=None) -> int:
     import acsl_tf  # noqa: F401  (registers the wrapper for loading)
     from acsl_tf import _io
 
-    root = os.path.join(args.work_dir, "ranked", "classification")
+    root = os.path.join(args.work_dir, "ranked", args.task)
     rows = []
     for seed, t in itertools.product(
         [int(s) for s in args.seeds.split(",")], [float(t) for t in args.targets.split(",")]
@@ -90,7 +93,7 @@ def main(argv=None) -> int:
     lines = [
         "# Channels removed by the sparsity-trained models vs the baseline's |gamma| order",
         "",
-        f"Ranked classification benchmark, cached sparse models `*_sparse_{args.controller}_t*`;",
+        f"Ranked {args.task} benchmark, cached sparse models `*_sparse_{args.controller}_t*`;",
         "Jaccard overlap of the channel sets that `shrink(target_flops=t)` removes",
         "(1: the same channels). Produced by `benchmarks/selection_overlap.py`.",
         "",
