@@ -184,3 +184,17 @@ def test_an_approximate_shrink_says_the_deviation_was_measured_before(case):
     with pytest.warns(acsl_tf.ApproximateShrinkWarning, match="measured before the BatchNorm"):
         res = acsl_tf.apply_plan(model, acsl_tf.plan_shrink(model, ratio=0.4), recalibrate=x)
     assert res.recalibrated_batches == 1 and not res.exact
+
+
+def test_a_border_fold_warning_points_to_beta_weight(case):
+    model = small_cnn()
+    rng = np.random.default_rng(1)
+    for name in BNS:
+        randomize_bn(model.get_layer(name), rng, beta_mean=1.0)
+    with pytest.warns(acsl_tf.ApproximateShrinkWarning, match=r"beta_weight=1\.0") as rec:
+        acsl_tf.shrink(model, ratio=0.4)
+    assert "exact away from the borders" in str(rec[0].message)
+    for name in BNS:  # zero betas on every channel: exact, no warning
+        bn = model.get_layer(name)
+        bn.beta.assign(np.zeros(bn.beta.shape, "float32"))
+    assert acsl_tf.apply_plan(model, acsl_tf.plan_shrink(model, ratio=0.4), verify="raise").exact

@@ -272,6 +272,13 @@ def apply_plan(
             f"(relative {rel:.2e}) from the original with the removed channels silenced. "
             f"Where: {where}."
         )
+        if any("exact away from the borders" in n for n in notes):
+            msg += (
+                " Removed channels that carry a non-zero constant (act(beta) after a zero "
+                "gamma) into same-padded convolutions cannot be folded exactly; sparsity "
+                "training with prune_low_correlation(beta_weight=1.0) drives those constants "
+                "to zero and makes such rewrites exact."
+            )
         if recalibrate is not None:
             msg += (
                 " This was measured before the BatchNorm statistics are re-estimated on the "
