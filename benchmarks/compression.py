@@ -381,6 +381,19 @@ def controller_markdown(
     return "\n".join(head + rows) + "\n"
 
 
+#: Paired comparisons shown next to ACSL against NS when both methods of a
+#: pair have records: DCP and L1 against the sparsity-trained methods, the
+#: selection loss of DCP, and the beta penalty.
+OTHER_PAIRS = (
+    ("dcp", "ns"),
+    ("dcp", "acsl"),
+    ("dcp", "dcp_recon"),
+    ("l1", "ns"),
+    ("acsl_beta", "acsl"),
+    ("ns_beta", "ns"),
+)
+
+
 def summary_markdown(records: Sequence[dict], *, title: str = "Compression benchmark") -> str:
     """The markdown summary: per task, per target, per method, metric mean ±
     sample standard deviation over seeds, the number of seeds, params and
@@ -429,6 +442,16 @@ def summary_markdown(records: Sequence[dict], *, title: str = "Compression bench
             "",
             paired,
         ]
+    others = [
+        (a, b, paired_markdown(records, a=a, b=b))
+        for a, b in OTHER_PAIRS
+        if a in present and b in present
+    ]
+    others = [(a, b, t) for a, b, t in others if t]
+    if others:
+        out += ["## Other pairs, seed by seed", ""]
+        for a, b, t in others:
+            out += [f"`{a}` against `{b}`:", "", t]
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     for task in tasks:
         trows = [r for r in rows if r["task"] == task]

@@ -730,3 +730,23 @@ def test_dcp_recon_selects_with_lambda_zero_on_the_same_heads():
     assert fields["dcp"]["selection_aux_weight"] == settings["aux_weight"] == 1.0
     assert fields["dcp_recon"]["selection_aux_weight"] == 0.0
     assert fields["dcp_recon"]["dcp"] == fields["dcp"]["dcp"]  # same heads' settings
+
+
+def test_summary_pairs_dcp_l1_and_the_beta_variants_seed_by_seed():
+    recs = []
+    for s, (a, n, d, b) in enumerate([(0.85, 0.80, 0.83, 0.86), (0.87, 0.84, 0.86, 0.86)]):
+        recs.append(_rec("classification", "baseline", s, 0.9))
+        recs.append(_rec("classification", "acsl", s, a, 0.5))
+        recs.append(_rec("classification", "ns", s, n, 0.5))
+        recs.append(_rec("classification", "dcp", s, d, 0.5))
+        recs.append(_rec("classification", "acsl_beta", s, b, 0.5))
+    text = cb.summary_markdown(recs)
+    other = text.split("## Other pairs, seed by seed", 1)[1].split("\n## ", 1)[0]
+    assert "`dcp` against `ns`:" in other and "`dcp` against `acsl`:" in other
+    assert "| classification | 50% | +3.0 (s0), +2.0 (s1) | +2.5 [" in other  # dcp - ns
+    assert "| classification | 50% | -2.0 (s0), -1.0 (s1) | -1.5 [" in other  # dcp - acsl
+    assert "`acsl_beta` against `acsl`:" in other and "+1.0 (s0), -1.0 (s1)" in other
+    assert "`l1` against" not in other and "`ns_beta`" not in other  # absent methods
+    # the README's overview block keeps ACSL against NS only
+    readme, _ = cb.docs_blocks(text)
+    assert "Other pairs" not in readme and "dcp - ns" not in readme
