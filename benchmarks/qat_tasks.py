@@ -364,26 +364,29 @@ def main(argv=None) -> int:
     if not a.summary_only:
         if a.stop_at:
             cb._STOP_AT[0] = cb._parse_stop_at(a.stop_at)
-        for task_name in tasks:
-            for seed in cb._csv(a.seeds, int):
-                for m in methods:
-                    if os.path.exists(record_path(a.out_dir, a.mode, task_name, seed, m, a.target)):
-                        continue
-                    if cb._past_stop():
-                        cb._log("stop time reached; no new runs")
-                        break
-                    run_one(
-                        task_name,
-                        seed,
-                        m,
-                        target=a.target,
-                        work_dir=a.work_dir,
-                        out_dir=a.out_dir,
-                        qat_epochs=a.qat_epochs,
-                        qat_lr=a.qat_lr,
-                        runs=a.runs,
-                        mode=a.mode,
-                    )
+        todo = [
+            (task_name, seed, m)
+            for task_name in tasks
+            for seed in cb._csv(a.seeds, int)
+            for m in methods
+            if not os.path.exists(record_path(a.out_dir, a.mode, task_name, seed, m, a.target))
+        ]
+        for task_name, seed, m in todo:
+            if cb._past_stop():
+                cb._log("stop time reached; no new runs")
+                break
+            run_one(
+                task_name,
+                seed,
+                m,
+                target=a.target,
+                work_dir=a.work_dir,
+                out_dir=a.out_dir,
+                qat_epochs=a.qat_epochs,
+                qat_lr=a.qat_lr,
+                runs=a.runs,
+                mode=a.mode,
+            )
     if load(a.out_dir, a.mode):
         path = write_summary(a.out_dir, a.mode)
         with open(path) as f:
