@@ -172,3 +172,13 @@ def test_summary_says_which_sign_is_better():
     mae = qt.summary_markdown([_rec(0, 2.5, 2.7, 2.4, 2.6, 2.5, 2.55, task="counting")])
     assert "Paired differences (positive is better)" in acc
     assert "Paired differences (negative is better)" in mae
+
+
+def test_stop_time_ends_the_whole_run(monkeypatch, tmp_path, capsys):
+    calls = []
+    monkeypatch.setattr(qt, "run_one", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(cb, "_past_stop", lambda: len(calls) >= 1)
+    args = ["--tasks", "classification,counting", "--seeds", "0,1", "--out-dir", str(tmp_path)]
+    assert qt.main(args) == 0
+    assert calls == [("classification", 0, "acsl")]  # one run, then the stop
+    assert capsys.readouterr().out.count("stop time reached") == 1
