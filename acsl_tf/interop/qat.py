@@ -228,11 +228,12 @@ def _init_ranges(qat_model, x, batch_size=64):
 # --------------------------------------------------------------------------
 
 
-def _convert_int8(qat_model, input_shape, calibration, int8_io, upsampling_cls=None, record=None):
-    """Full-int8 flatbuffer of the QAT model; with ``upsampling_cls`` (the
-    tf_keras ``UpSampling2D``), nearest upsampling is traced as concatenations
-    and a reshape (see ``acsl_tf.export.to_tflite(lower_upsampling=...)``)
-    and ``record`` (an ``UpsamplingRecord``) says which layers were."""
+def _convert_int8(qat_model, input_shape, calibration, int8_io, upsampling_cls=None):
+    """``(full-int8 flatbuffer, UpsamplingRecord)`` of the QAT model; with
+    ``upsampling_cls`` (the tf_keras ``UpSampling2D``), nearest upsampling is
+    traced as concatenations and a reshape (see
+    ``acsl_tf.export.to_tflite(lower_upsampling=...)``), and the record says
+    which layers were."""
     import tensorflow as tf
 
     from acsl_tf.export import _upsampling
@@ -247,9 +248,6 @@ def _convert_int8(qat_model, input_shape, calibration, int8_io, upsampling_cls=N
         upsampling_cls is not None, cls=upsampling_cls
     ) as traced:
         concrete = serve.get_concrete_function()
-    if record is not None:
-        record.lowered.extend(n for n in traced.lowered if n not in record.lowered)
-        record.kept.update(traced.kept)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], qat_model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
 
@@ -263,7 +261,7 @@ def _convert_int8(qat_model, input_shape, calibration, int8_io, upsampling_cls=N
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
     try:
-        return converter.convert()
+        return converter.convert(), traced
     except Exception as e:
         raise RuntimeError(
             "TFLite conversion of the QAT model failed (full int8, no float fallback). Some "
@@ -540,16 +538,12 @@ def quantize_aware(
 
         start = time.perf_counter()
         calibration = samples[:num_calibration_samples]
-        from acsl_tf.export import _upsampling
-
-        traced = _upsampling.UpsamplingRecord()
-        content = _convert_int8(
+        content, traced = _convert_int8(
             qat,
             input_shape,
             calibration,
             int8_io,
             upsampling_cls=tfk.layers.UpSampling2D if lower_upsampling else None,
-            record=traced,
         )
         seconds = time.perf_counter() - start
         info = export.inspect_tflite(content)
