@@ -8,6 +8,9 @@ its exactness measurement (``verify``), which Torch-Pruning does not do, and
 once as ``verify=bare``: neither the measurement nor the fold of the removed
 channels' constants into the next layers (``fold_removed=False``; both need
 a reference run of the original model), i.e. the work Torch-Pruning does.
+A fourth row times Keras' own copy of the unpruned model
+(``keras.models.clone_model`` + ``set_weights``): what building a Keras model
+of that architecture costs at all, the floor of any rebuild.
 For acsl_tf the CPU seconds of the same span are given too (all threads of
 the process): on a loaded machine they vary less than the wall time.
 
@@ -24,7 +27,7 @@ Usage:
     python benchmarks/shrink_speed.py [--repeats 5] [--only ResNet50,MobileNetV2]
         [--baseline DIR --baseline-label 9a1b054] [--out benchmarks/results/shrink_speed.md]
     python benchmarks/shrink_speed.py --worker ResNet50 224 0.3 warn   # one acsl_tf run
-        (VERIFY: warn, off or bare)
+        (VERIFY: warn, off, bare, or clone for the Keras copy)
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TORCH_PY = ROOT / ".venv-torch" / "bin" / "python"
 MODELS = ["ResNet50", "ResNet152", "MobileNetV2", "DenseNet121"]
+CLONE_TOOL = "keras clone_model + set_weights (no pruning)"
 
 
 def worker(name, size, ratio, verify):
@@ -53,6 +57,8 @@ def worker(name, size, ratio, verify):
     import acsl_tf
 
     m = getattr(keras.applications, name)(weights=None, input_shape=(size, size, 3))
+    if verify == "clone":
+        return _clone_worker(m, name)
     t = time.perf_counter()
     cpu = time.process_time()
     plan = acsl_tf.plan_shrink(m, ratio=ratio, criterion="l1")
@@ -79,6 +85,32 @@ def worker(name, size, ratio, verify):
                 "params_after": res.model.count_params(),
                 "rel_error": res.rel_error,
                 "acsl_tf": os.path.dirname(os.path.abspath(acsl_tf.__file__)),
+            }
+        )
+    )
+
+
+def _clone_worker(m, name):
+    """Keras' own copy of the unpruned model (``clone_model`` + weights): the
+    cost of building a Keras model of this architecture, the floor of any
+    rebuild."""
+    import keras
+
+    t = time.perf_counter()
+    cpu = time.process_time()
+    new = keras.models.clone_model(m)
+    new.set_weights(m.get_weights())
+    seconds = time.perf_counter() - t
+    cpu = time.process_time() - cpu
+    print(
+        json.dumps(
+            {
+                "tool": CLONE_TOOL,
+                "model": name,
+                "seconds": seconds,
+                "cpu_seconds": cpu,
+                "params_before": m.count_params(),
+                "params_after": new.count_params(),
             }
         )
     )
@@ -118,10 +150,13 @@ def main(argv=None):
     for name in args.only.split(","):
         for r in range(args.repeats):
             cmds = {}
-            for verify in ("bare", "off", "warn"):
+            for verify in ("bare", "off", "warn", "clone"):
                 worker_cmd = [sys.executable, __file__, "--worker", name, str(args.size),
                               str(args.ratio), verify]  # fmt: skip
-                cmds[f"acsl_tf (verify={verify})"] = (worker_cmd, None)
+                tool = CLONE_TOOL if verify == "clone" else f"acsl_tf (verify={verify})"
+                cmds[tool] = (worker_cmd, None)
+                if verify == "clone":
+                    continue
                 if baseline:
                     cmds[f"acsl_tf {args.baseline_label} (verify={verify})"] = (
                         worker_cmd,
@@ -142,9 +177,9 @@ def main(argv=None):
         f"{args.size} px, {int(args.ratio * 100)}% of the channels by L1 magnitude, "
         f"median of {args.repeats} fresh processes (min-max)",
         "",
-        "| model | tool | seconds | CPU seconds | params before -> after | ratio to Torch-Pruning |"
-        + (f" ratio to {args.baseline_label} |" if baseline else ""),
-        "|---|---|---:|---:|---|---:|" + ("---:|" if baseline else ""),
+        "| model | tool | seconds | CPU seconds | params before -> after | ratio to Torch-Pruning "
+        "| ratio to Keras' copy |" + (f" ratio to {args.baseline_label} |" if baseline else ""),
+        "|---|---|---:|---:|---|---:|---:|" + ("---:|" if baseline else ""),
     ]
 
     def median_of(name, tool):
@@ -153,17 +188,20 @@ def main(argv=None):
 
     for name in args.only.split(","):
         tp_med = median_of(name, "Torch-Pruning")
+        clone_med = median_of(name, CLONE_TOOL)
         for (n, tool), rows in results.items():
             if n != name:
                 continue
             secs = [r["seconds"] for r in rows]
             med = statistics.median(secs)
             ratio = f"{med / tp_med:.2f}x" if tp_med and tool != "Torch-Pruning" else ""
+            to_clone = f"{med / clone_med:.2f}x" if clone_med and tool.startswith("acsl_tf") else ""
             cpus = [r["cpu_seconds"] for r in rows if "cpu_seconds" in r]
             cpu = f"{statistics.median(cpus):.2f}" if cpus else ""
             line = (
                 f"| {name} | {tool} | {med:.2f} ({min(secs):.2f}-{max(secs):.2f}) | {cpu} | "
-                f"{rows[0]['params_before']:,} -> {rows[0]['params_after']:,} | {ratio} |"
+                f"{rows[0]['params_before']:,} -> {rows[0]['params_after']:,} | {ratio} | "
+                f"{to_clone} |"
             )
             if baseline:
                 base = None
