@@ -177,17 +177,19 @@ class WeightCriterion(Criterion):
         k = h.kernel_view(op) if h is not None else None
         if k is None:
             return None
-        k = np.asarray(k, np.float64)
-        if not np.all(np.isfinite(k)):
+        k = np.asarray(k)  # (out, fan-in), usually a transposed view of the kernel
+        if not np.isfinite(k).all():
             raise ValueError(
                 f"Layer {graph.name(op)!r} has NaN or inf weights; a weight criterion cannot "
                 "rank its channels. Received: layer=" + repr(graph.name(op))
             )
-        if self.norm == "l1":
-            s = np.abs(k).sum(axis=1)
+        if self.norm == "l1":  # |k| is exact in the kernel's dtype; the sum in float64
+            s = np.abs(k).sum(axis=1, dtype=np.float64)
         elif self.norm == "l2":
+            k = k.astype(np.float64)
             s = np.sqrt((k * k).sum(axis=1))
         else:  # fpgm: summed distance to the other filters
+            k = k.astype(np.float64)
             sq = (k * k).sum(axis=1)
             d2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * k @ k.T, 0.0)
             s = np.sqrt(d2).sum(axis=1)
