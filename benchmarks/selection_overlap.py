@@ -12,7 +12,10 @@ the baseline's |gamma| order would keep.
 Usage::
 
     .venv/bin/python benchmarks/selection_overlap.py --work-dir .bench_work \\
-        --controller rate_p0 [--out benchmarks/results/selection_overlap.md]
+        --controller rate_p0 [--widths] [--out benchmarks/results/selection_overlap.md]
+
+``--widths`` adds, per target, the channels each order keeps in every layer
+(mean over the seeds): where the methods put the FLOPs they remove.
 
 The cached models are not committed (``--work-dir`` of the ranked run); the
 controller tag is the part of their file names after ``_sparse_``.
@@ -40,6 +43,46 @@ def removed_set(model, target: float) -> set:
     return out
 
 
+def kept_widths(model, target: float) -> dict:
+    """``{layer: (channels kept, channels)}`` of every prunable group of the
+    plan of ``shrink(target_flops=target)``, named by its first BatchNorm
+    (else its first member)."""
+    import acsl_tf
+
+    plan = acsl_tf.plan_shrink(model, target_flops=target)
+    return {
+        (g.units[0] if g.units else g.members[0][0]): (len(g.keep), g.size)
+        for g in plan.groups
+        if g.prunable
+    }
+
+
+def widths_markdown(widths: dict) -> str:
+    """One table per target: per layer, the mean channels kept over seeds by
+    the baseline's |gamma| order, ACSL and NS. ``widths[(seed, target)][kind]``
+    is a :func:`kept_widths` result."""
+    lines = []
+    for t in sorted({t for _, t in widths}):
+        runs = [w for (_, tt), w in sorted(widths.items()) if tt == t]
+        layers = list(runs[0]["baseline"])
+        lines += [
+            "",
+            f"### Channels kept per layer at {t:.0%} fewer FLOPs (mean over {len(runs)} seeds)",
+            "",
+            "| layer | channels | baseline order | ACSL | NS |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for layer in layers:
+            cells = []
+            for kind in ("baseline", "acsl", "ns"):
+                vals = [w[kind][layer][0] for w in runs if layer in w[kind]]
+                cells.append(f"{sum(vals) / len(vals):.1f}" if vals else "")
+            lines.append(
+                f"| {layer} | {runs[0]['baseline'][layer][1]} | " + " | ".join(cells) + " |"
+            )
+    return "\n".join(lines)
+
+
 def jaccard(a: set, b: set) -> float:
     return len(a & b) / len(a | b) if a | b else 1.0
 
@@ -54,6 +97,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--targets", default="0.5,0.85")
     parser.add_argument("--out", default=None, help="markdown file to write (atomically)")
+    parser.add_argument(
+        "--widths", action="store_true", help="also tabulate the channels kept per layer"
+    )
     args = parser.parse_args(argv)
 
     import keras
@@ -63,6 +109,7 @@ def main(argv=None) -> int:
 
     root = os.path.join(args.work_dir, "ranked", args.task)
     rows = []
+    widths: dict = {}
     for seed, t in itertools.product(
         [int(s) for s in args.seeds.split(",")], [float(t) for t in args.targets.split(",")]
     ):
@@ -77,7 +124,10 @@ def main(argv=None) -> int:
         if missing:
             print(f"seed {seed}, target {t:.0%}: missing {missing}; skipped", flush=True)
             continue
-        sets = {k: removed_set(keras.models.load_model(p), t) for k, p in paths.items()}
+        models = {k: keras.models.load_model(p) for k, p in paths.items()}
+        sets = {k: removed_set(m, t) for k, m in models.items()}
+        if args.widths:
+            widths[(seed, t)] = {k: kept_widths(m, t) for k, m in models.items()}
         rows.append(
             (
                 seed,
@@ -103,6 +153,8 @@ def main(argv=None) -> int:
     ]
     for seed, t, a_b, n_b, a_n, na, nn in rows:
         lines.append(f"| {seed} | {t:.0%} | {a_b:.2f} | {n_b:.2f} | {a_n:.2f} | {na} / {nn} |")
+    if widths:
+        lines.append(widths_markdown(widths))
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
