@@ -198,3 +198,30 @@ def test_a_border_fold_warning_points_to_beta_weight(case):
         bn = model.get_layer(name)
         bn.beta.assign(np.zeros(bn.beta.shape, "float32"))
     assert acsl_tf.apply_plan(model, acsl_tf.plan_shrink(model, ratio=0.4), verify="raise").exact
+
+
+def test_the_warning_states_a_note_shared_by_many_layers_once():
+    from acsl_tf.pruning.apply import _grouped_notes
+
+    text = (
+        "the removed channels' constant is folded into the bias; exact away from the borders only"
+    )
+    notes = [f"'c{i}' (3x3, padding='same'): {text}" for i in range(8)]
+    notes += ["'d' (5x5, padding='same'): " + text, "an unrelated note", notes[0]]
+    assert _grouped_notes(notes) == [
+        f"'c0', 'c1', 'c2', 'c3', 'c4', 'c5' and 2 more (3x3, padding='same'): {text}",
+        f"'d' (5x5, padding='same'): {text}",
+        "an unrelated note",
+    ]
+    model = small_cnn()
+    rng = np.random.default_rng(1)
+    for name in BNS:
+        randomize_bn(model.get_layer(name), rng, beta_mean=1.0)
+    with pytest.warns(acsl_tf.ApproximateShrinkWarning) as rec:
+        res = acsl_tf.apply_plan(model, acsl_tf.plan_shrink(model, ratio=0.4))
+    msg = str(rec[0].message)
+    borders = [n for n in res.approximations if "exact away from the borders" in n]
+    assert len(borders) >= 2  # the result keeps one note per layer
+    assert msg.count("exact away from the borders") == 1  # the message states it once
+    for n in borders:
+        assert n.split(" ")[0] in msg  # every layer is named

@@ -15,6 +15,7 @@ model's BatchNormalization statistics are then re-estimated on data
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -257,7 +258,7 @@ def apply_plan(
     exact = bool(rel <= _fold.EXACT_RTOL) if np.isfinite(rel) else False
     if pr is not None and verify and not exact:
         where = (
-            "; ".join(notes)
+            "; ".join(_grouped_notes(notes))
             if notes
             else (
                 "no approximation is known here. Deep networks with random weights amplify "
@@ -437,6 +438,30 @@ def _strip_and_map(graph, keep):
             raise RuntimeError("Stripping the wrappers changed a channel group's size.")
         out[nr] = k
     return new_graph, out
+
+
+_NOTE = re.compile(r"^('[^']*') \(([^)]*)\): (.*)$", re.S)
+
+
+def _grouped_notes(notes, most: int = 6) -> list:
+    """The notes for a message, those that differ only in the layer name
+    (``"'name' (detail): text"``) merged into one: ``"'a', 'b' and 3 more
+    (detail): text"``. Order of first occurrence; other notes as they are."""
+    groups: dict = {}
+    for n in dict.fromkeys(notes):
+        m = _NOTE.match(n)
+        key = (m.group(2), m.group(3)) if m else n
+        groups.setdefault(key, []).append(m.group(1) if m else None)
+    out = []
+    for key, names in groups.items():
+        if not isinstance(key, tuple):
+            out.append(key)
+            continue
+        shown = ", ".join(names[:most])
+        if len(names) > most:
+            shown += f" and {len(names) - most} more"
+        out.append(f"{shown} ({key[0]}): {key[1]}")
+    return out
 
 
 # ---------------------------------------------------------------------------
