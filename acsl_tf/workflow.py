@@ -52,6 +52,7 @@ import dataclasses
 import os
 import re
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -593,7 +594,9 @@ def sparsity_train(
         threshold: ``|gamma|`` counted as removable by ``BudgetStrength``.
         callbacks: Extra Keras callbacks.
         verbose: Keras verbosity.
-        recalibrate: Batches of :func:`recalibrate_bn` after training.
+        recalibrate: Batches of :func:`recalibrate_bn` after training (with
+            batches, BudgetStrength's warning that the gammas were still moving
+            at the end, which asks for exactly that, is not shown).
         budget_options: Extra keyword arguments of
             :class:`acsl_tf.BudgetStrength` (e.g. ``controller="epoch"``,
             ``reach_at=0.5``).
@@ -636,16 +639,23 @@ def sparsity_train(
         bopts = dict(budget_options or {})
         bopts.setdefault("verbose", 1 if verbose else 0)
         cbs.append(BudgetStrength(threshold=threshold, **bopts))
-    train(
-        wrapped,
-        task,
-        epochs,
-        lr=lr,
-        optimizer="sgd",
-        callbacks=cbs,
-        verbose=verbose,
-        recalibrate=recalibrate,
-    )
+    with warnings.catch_warnings():
+        if recalibrate:
+            # train() re-estimates the moving statistics right after fit, which
+            # is what this warning of BudgetStrength asks the user to do.
+            warnings.filterwarnings(
+                "ignore", message=r"BudgetStrength: the removable \S+ still changed"
+            )
+        train(
+            wrapped,
+            task,
+            epochs,
+            lr=lr,
+            optimizer="sgd",
+            callbacks=cbs,
+            verbose=verbose,
+            recalibrate=recalibrate,
+        )
     return wrapped
 
 

@@ -1,7 +1,9 @@
 """acsl_tf.workflow on the "tiny" task sizes."""
 
 import os
+import warnings
 
+import keras
 import numpy as np
 import pytest
 
@@ -187,3 +189,29 @@ def test_compress_per_target_and_shared(tasks, monkeypatch):
     for bad in ((), (0.5, 0.5), (1.2,), "x"):
         with pytest.raises(ValueError, match="targets"):
             wf.compress(base, task, targets=bad)
+
+
+class _StaleWarning(keras.callbacks.Callback):
+    """Emits BudgetStrength's end-of-training warning about moving gammas."""
+
+    def on_train_end(self, logs=None):
+        warnings.warn(
+            "BudgetStrength: the removable flops still changed by 9.0% in the last epoch",
+            UserWarning,
+            stacklevel=2,
+        )
+
+
+@pytest.mark.parametrize("recalibrate", [0, 5])
+def test_sparsity_train_drops_the_stale_statistics_warning_only_when_it_recalibrates(
+    tasks, recalibrate
+):
+    task = tasks["classification"]
+    model = task.build_model()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        wf.sparsity_train(
+            model, task, epochs=1, verbose=0, recalibrate=recalibrate, callbacks=[_StaleWarning()]
+        )
+    stale = [w for w in caught if "still changed by" in str(w.message)]
+    assert len(stale) == (0 if recalibrate else 1)
