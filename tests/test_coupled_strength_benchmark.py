@@ -82,3 +82,20 @@ def test_tiny_run_end_to_end(tmp_path):
     cs.main(argv)
     assert {p: p.stat().st_mtime for p in out.rglob("*.json")} == before
     json.loads(next(out.rglob("*.json")).read_text())
+
+
+def test_one_seed_has_no_interval_and_docs_embedding(tmp_path, monkeypatch):
+    recs = [_rec(0, "plain", 0.9, 0.5, 0.88, 0.4), _rec(0, "coupled", 0.92, 0.7, 0.9, 0.5)]
+    text = cs.summary_markdown(recs)
+    assert "| 50% | 1 | +2.00 | +20.00 | +2.00 | +10.00 |" in text
+    assert "±" not in text.split("Paired")[0].split("|---|")[-1]
+    out = tmp_path / "out" / "runs" / "seed0"
+    out.mkdir(parents=True)
+    for r in recs:
+        (out / f"{r['variant']}_t50.json").write_text(json.dumps(r))
+    doc = tmp_path / "ACSL.md"
+    doc.write_text(f"intro\n{cs.DOCS_START}\nold\n{cs.DOCS_END}\nrest\n")
+    monkeypatch.setattr(cs, "DOC", str(doc))
+    cs.main(["--summary-only", "--update-docs", "--out-dir", str(tmp_path / "out")])
+    new = doc.read_text()
+    assert "old" not in new and "| 50% | 1 | +2.00 |" in new and new.endswith("rest\n")
