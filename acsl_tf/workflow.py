@@ -615,7 +615,7 @@ def sparsity_train(
     ```
     """
     from acsl_tf.sparsity.api import prune_low_correlation
-    from acsl_tf.sparsity.callbacks import BudgetStrength
+    from acsl_tf.sparsity.callbacks import BudgetStrength, StaleStatisticsWarning
 
     if method not in _METHODS:
         raise ValueError(f"`method` must be one of {_METHODS}. Received: method={method!r}")
@@ -643,9 +643,7 @@ def sparsity_train(
         if recalibrate:
             # train() re-estimates the moving statistics right after fit, which
             # is what this warning of BudgetStrength asks the user to do.
-            warnings.filterwarnings(
-                "ignore", message=r"BudgetStrength: the removable \S+ still changed"
-            )
+            warnings.simplefilter("ignore", StaleStatisticsWarning)
         train(
             wrapped,
             task,

@@ -36,7 +36,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -167,12 +166,7 @@ def run_seed(seed, args, out_dir):
                     budget=BUDGET,
                 ),
             )
-            from acsl_tf._io import atomic_write_text
-
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            atomic_write_text(
-                path, json.dumps(rec, indent=2, sort_keys=True) + "\n", overwrite=True
-            )
+            cb.write_record(path, rec)
             cb._log(
                 f"seed {seed}: {variant} t{target:.0%}: sparse {sparse_metric:.4f} "
                 f"(removable {removable:.1%}), pruned {pruned_metric:.4f}, "
@@ -180,17 +174,6 @@ def run_seed(seed, args, out_dir):
             )
             written.append(path)
     return written
-
-
-def load_records(out_dir) -> list[dict]:
-    recs = []
-    runs = os.path.join(out_dir, "runs")
-    for root, _, files in os.walk(runs):
-        for f in sorted(files):
-            if f.endswith(".json"):
-                with open(os.path.join(root, f)) as fh:
-                    recs.append(json.load(fh))
-    return recs
 
 
 def _fmt(values, scale=100.0, signed=False):
@@ -290,7 +273,7 @@ def main(argv=None):
             run_seed(seed, args, args.out_dir)
             if cb._past_stop():
                 break
-    text = summary_markdown(load_records(args.out_dir))
+    text = summary_markdown(cb.load_records(args.out_dir))
     if text:
         from acsl_tf._io import atomic_write_text
 

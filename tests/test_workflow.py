@@ -192,12 +192,15 @@ def test_compress_per_target_and_shared(tasks, monkeypatch):
 
 
 class _StaleWarning(keras.callbacks.Callback):
-    """Emits BudgetStrength's end-of-training warning about moving gammas."""
+    """Emits BudgetStrength's end-of-training warning about moving gammas
+    (the real emitter is checked in test_budget_strength_warns_moving_gammas_by_category)."""
 
     def on_train_end(self, logs=None):
+        from acsl_tf.sparsity.callbacks import StaleStatisticsWarning
+
         warnings.warn(
             "BudgetStrength: the removable flops still changed by 9.0% in the last epoch",
-            UserWarning,
+            StaleStatisticsWarning,
             stacklevel=2,
         )
 
@@ -215,3 +218,17 @@ def test_sparsity_train_drops_the_stale_statistics_warning_only_when_it_recalibr
         )
     stale = [w for w in caught if "still changed by" in str(w.message)]
     assert len(stale) == (0 if recalibrate else 1)
+
+
+def test_budget_strength_warns_moving_gammas_by_category():
+    from acsl_tf.sparsity.callbacks import BudgetStrength, StaleStatisticsWarning
+
+    cb = BudgetStrength(threshold=0.05)
+    cb._kind = "flops"
+    cb.history = [dict(epoch=0, reduction=0.40), dict(epoch=1, reduction=0.50)]
+    with pytest.warns(StaleStatisticsWarning, match="still changed by 10.0%"):
+        cb._warn_if_still_moving(cb.history[-1])
+    cb.history[-1]["reduction"] = 0.41  # within the tolerance: silent
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cb._warn_if_still_moving(cb.history[-1])

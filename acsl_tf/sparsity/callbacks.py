@@ -44,6 +44,14 @@ def _print(callback, message):
     _keras.print_msg(("\n" if verbose == 1 else "") + message)
 
 
+class StaleStatisticsWarning(UserWarning):
+    """The gammas were still moving when sparsity training ended, so the
+    BatchNorm moving statistics lag behind them (emitted by
+    :class:`BudgetStrength`). Filter it by this class where the statistics are
+    re-estimated right after ``fit`` (``acsl_tf.workflow.sparsity_train``
+    does)."""
+
+
 class _PenaltyLogs:
     """Adds ``penalty_loss``/``task_loss`` (and ``val_*``) to the epoch logs.
 
@@ -665,7 +673,7 @@ class BudgetStrength(_PenaltyLogs, keras.callbacks.Callback):
                 "acsl_tf.recalibrate_batchnorm(model, x) on a few batches of training inputs "
                 "before evaluating or exporting, or give the training more epochs after the "
                 "budget is met (a lower `reach_at`).",
-                UserWarning,
+                StaleStatisticsWarning,
                 stacklevel=3,
             )
 
