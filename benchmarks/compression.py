@@ -383,8 +383,13 @@ def controller_markdown(
 
 #: Paired comparisons shown next to ACSL against NS when both methods of a
 #: pair have records: DCP and L1 against the sparsity-trained methods, the
-#: selection loss of DCP, and the beta penalty.
+#: selection loss of DCP, the beta penalty, ACSL with Network Slimming's
+#: per-layer allocation, and the ACSL options against the default.
 OTHER_PAIRS = (
+    ("acsl_galloc", "ns"),
+    ("acsl_galloc", "acsl"),
+    ("acsl_clip", "acsl"),
+    ("acsl_t2", "acsl"),
     ("dcp", "ns"),
     ("dcp", "acsl"),
     ("dcp", "dcp_recon"),
@@ -1274,9 +1279,11 @@ def run_task_seed(
             _log("stop time reached; no new runs")
             return written
         spec = METHODS[m]
+        # The method's own BudgetStrength settings (e.g. ``allocation``) over the mode's.
+        m_budget = {**budget_options, **(spec.get("budget") or {})}
         sources: dict = {}
 
-        def sparse_source(t_sp, spec=spec, m=m, sources=sources):
+        def sparse_source(t_sp, spec=spec, m=m, sources=sources, m_budget=m_budget):
             """The sparsity-trained model aimed at ``t_sp`` (cached on disk)."""
             if t_sp in sources:
                 return sources[t_sp]
@@ -1299,7 +1306,7 @@ def run_task_seed(
                     lr=cfg["sparsity_lr"],
                     threshold=SPARSE_THRESHOLD,
                     verbose=0,
-                    budget_options=budget_options,
+                    budget_options=m_budget,
                     **spec["options"],
                 )
                 _save_model(source, sp_path)
@@ -1373,7 +1380,7 @@ def run_task_seed(
                 sparsity=spec["sparsity"],
                 options=spec["options"],
                 sparsity_target=(t_sp if spec["sparsity"] else None),
-                budget_options=(budget_options if spec["sparsity"] else None),
+                budget_options=(m_budget if spec["sparsity"] else None),
                 baseline_metric=base_metric,
                 metric_sparse=sparse_metric,
                 metric_pruned=pruned_metric,

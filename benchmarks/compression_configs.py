@@ -15,7 +15,8 @@ Slimming) and the same epoch budgets:
 ``METHODS`` maps a method name to how it is run: ``sparsity`` is the
 ``workflow.sparsity_train`` method (None: prune the baseline directly),
 ``criterion`` the ``shrink`` criterion and ``options`` the ACSL options;
-``prune`` (default ``"shrink"``) is how the pruned model is made:
+``budget`` (optional) updates the mode's ``BudgetStrength`` options for
+this method; ``prune`` (default ``"shrink"``) is how the pruned model is made:
 ``"shrink"`` (``workflow.prune`` with ``criterion``), ``"dcp"``
 (``acsl_tf.dcp.select_channels`` from the baseline fine-tuned with the
 auxiliary heads, the thin model with the re-fitted kernels) or ``"dkp"``
@@ -55,6 +56,16 @@ METHODS: dict[str, dict] = {
     ),
     "acsl_clip": dict(
         sparsity="acsl", criterion="gamma", options=dict(direction="redundant", clip=(0.5, 2.0))
+    ),
+    # ACSL's order only inside each layer: the budget takes as many channels
+    # from every group as Network Slimming's |gamma| order would
+    # (BudgetStrength(allocation="gamma")); tells the per-layer allocation of
+    # ACSL's weights apart from its choice of channels inside a layer.
+    "acsl_galloc": dict(
+        sparsity="acsl",
+        criterion="gamma",
+        options=dict(direction="redundant"),
+        budget=dict(allocation="gamma"),
     ),
     "ns": dict(sparsity="ns", criterion="gamma", options={}),
     # The betas penalised with the gammas (beta_weight=1): the channels to

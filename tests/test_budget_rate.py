@@ -407,3 +407,62 @@ def test_budget_order_is_gamma_over_strength():
     assert units  # the graph found the units
     plain = type("U", (), {"gamma": np.array([0.3, 0.1]), "wrapper": None})()
     np.testing.assert_array_equal(_time_to_threshold(plain), [0.3, 0.1])
+
+
+@pytest.mark.parametrize("residual", [True, False])
+def test_gamma_allocation_takes_counts_from_gamma_and_choice_from_the_method(residual):
+    """allocation="gamma": every group loses as many channels as under the
+    plain |gamma| order; inside a group the lowest |gamma| / w go."""
+    from acsl_tf.pruning.criteria import UnitCriterion
+    from acsl_tf.sparsity.callbacks import _GammaAllocation, _time_to_threshold
+
+    w = acsl_tf.prune_low_correlation(
+        small_cnn(filters=(8, 12), residual=residual), penalty=2e-3, update_every=1
+    )
+    rng = np.random.default_rng(3)
+    wrappers = acsl_tf.get_wrappers(w)
+    for wr in wrappers:
+        wr.layer.gamma.assign(rng.uniform(0.1, 1.0, wr.channels).astype("float32"))
+        # A wide spread of strengths, different in every unit.
+        wr.strength.assign(rng.uniform(0.05, 4.0, wr.channels).astype("float32"))
+
+    def keep_sets(allocation):
+        cb = acsl_tf.BudgetStrength(allocation=allocation, verbose=0)
+        cb.set_model(w)
+        cb._wrappers = wrappers
+        cb._kind, cb._target = "flops", 0.5
+        cb.level()
+        return {n: set(k) for n, k in cb._bn_keep.items()}
+
+    plain = acsl_tf.plan_shrink(w, target_flops=0.5)
+    gamma_counts = {g.id: len(g.keep) for g in plain.groups if g.prunable}
+    alloc = keep_sets("gamma")
+    method = keep_sets("method")
+    order = _GammaAllocation(UnitCriterion(_time_to_threshold))
+    plan_g = acsl_tf.plan_shrink(w, target_flops=0.5, criterion=order)
+    assert {g.id: len(g.keep) for g in plan_g.groups if g.prunable} == gamma_counts
+    assert {n: set(k) for n, k in plan_g.bn_keep.items()} == alloc
+    # Inside each single-unit group the kept channels are the highest |gamma| / w.
+    graph = acsl_tf.DependencyGraph(w)
+    checked = 0
+    for g in plain.groups:
+        if not g.prunable or len(g.units) != 1:
+            continue
+        wr = next(x for x in wrappers if x.layer.name == g.units[0])
+        order = np.abs(np.asarray(wr.layer.gamma)) / np.asarray(wr.strength)
+        k = len(g.keep)
+        assert alloc[g.units[0]] == set(np.argsort(-order, kind="stable")[:k].tolist())
+        checked += 1
+    assert checked >= (1 if residual else 2) and graph.units
+    # The method's own allocation moves channels between groups here.
+    assert {n: len(k) for n, k in method.items()} != {n: len(k) for n, k in alloc.items()}
+    assert alloc != {n: set(k) for n, k in plain.bn_keep.items()}
+
+
+def test_allocation_is_validated():
+    with pytest.raises(ValueError, match="allocation"):
+        acsl_tf.BudgetStrength(0.5, allocation="layer")
+    with pytest.raises(ValueError, match='needs controller="rate"'):
+        acsl_tf.BudgetStrength(0.5, allocation="gamma", controller="epoch")
+    with pytest.raises(TypeError, match="allocation"):
+        acsl_tf.BudgetStrength(0.5, allocation=1)

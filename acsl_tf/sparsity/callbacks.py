@@ -10,6 +10,7 @@ import keras
 import numpy as np
 
 from acsl_tf import _keras, _validation
+from acsl_tf.pruning.criteria import Criterion, get_criterion
 from acsl_tf.sparsity.api import get_wrappers
 from acsl_tf.sparsity.wrapper import CONTROLLER_STATE_SIZE, check_strategy_supported
 
@@ -35,6 +36,37 @@ def _time_to_threshold(unit) -> np.ndarray:
         return gamma
     w = np.asarray(keras.ops.convert_to_numpy(wrapper.strength), dtype=np.float64).reshape(-1)
     return gamma / np.maximum(w, 1e-6)
+
+
+class _GammaAllocation(Criterion):
+    """Budget order with the per-group counts of the ``|gamma|`` order and
+    the method's own order (``inner``) inside each group.
+
+    For every group the ``|gamma|`` scores are sorted and handed out in the
+    inner order: the channel the method would empty first gets the group's
+    smallest ``|gamma|``, and so on. Each group then holds the same values
+    as under plain ``|gamma|``, so a global cut (a threshold, a ratio or a
+    FLOPs target) removes as many channels from every group as the
+    ``|gamma|`` plan does, and the channels removed are those the method
+    ranks lowest.
+    """
+
+    needs_gamma = True
+    name = "gamma_allocation"
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.gamma = get_criterion("gamma")
+
+    def group_scores(self, graph, roots, *, reduction, rng):
+        counts = self.gamma.group_scores(graph, roots, reduction=reduction, rng=rng)
+        order = self.inner.group_scores(graph, roots, reduction=reduction, rng=rng)
+        out = {}
+        for r in roots:
+            s = np.empty_like(np.asarray(counts[r], dtype=np.float64))
+            s[np.argsort(order[r], kind="stable")] = np.sort(counts[r], kind="stable")
+            out[r] = s
+        return out
 
 
 def _print(callback, message):
@@ -254,6 +286,12 @@ class BudgetStrength(_PenaltyLogs, keras.callbacks.Callback):
             ``controller="rate"``, 1 with ``"epoch"``.
         max_step: bound of the penalty's jump per step, as a fraction of
             ``threshold`` (> 0; see above), or None for no bound.
+        allocation: ``"rate"`` only: how many channels of each group the
+            budget needs. ``"method"`` (default): the method's own order
+            ``|gamma| / w`` across all groups decides. ``"gamma"``: as many
+            per group as the plain ``|gamma|`` order (Network Slimming's)
+            would remove; the method's order only picks which ones inside
+            each group (see "Allocation" in docs/ACSL.md).
         verbose: 1 prints one line per epoch, 0 prints nothing.
 
     Raises:
@@ -276,6 +314,7 @@ class BudgetStrength(_PenaltyLogs, keras.callbacks.Callback):
         protect: float = 4.0,
         kept_weight: float | None = None,
         max_step: float | None = 0.5,
+        allocation: str = "method",
         verbose: int = 1,
     ):
         super().__init__()
@@ -304,6 +343,14 @@ class BudgetStrength(_PenaltyLogs, keras.callbacks.Callback):
                 'kept_weight < 1 needs controller="rate" (the "epoch" controller does not '
                 f"compute the budget's channel sets). Received: kept_weight={kept_weight}"
             )
+        _validation.choice(allocation, "allocation", ("method", "gamma"), kind=str)
+        if allocation != "method" and controller != "rate":
+            raise ValueError(
+                'allocation="gamma" needs controller="rate" (the "epoch" controller does not '
+                f"compute the budget's channel sets). Received: allocation={allocation!r}, "
+                f"controller={controller!r}"
+            )
+        self.allocation = allocation
         every = '"auto" or an integer number of steps >= 1'
         if isinstance(update_every, str):
             _validation.choice(update_every, "update_every", ("auto",), expected=every)
@@ -447,6 +494,8 @@ class BudgetStrength(_PenaltyLogs, keras.callbacks.Callback):
 
         kw = {"target_flops" if self._kind == "flops" else "target_params": self._target}
         order = UnitCriterion(_time_to_threshold, "gamma_per_strength")
+        if self.allocation == "gamma":
+            order = _GammaAllocation(order)
         try:
             plan = plan_shrink(self.model, criterion=order, **kw)
         except ValueError as e:
