@@ -10,10 +10,11 @@ demo: setup
 	bash scripts/ensure_data.sh
 	$(PY) examples/demo.py
 
-## The default (fast) test suite. .ci/run calls exactly this.
+## The default (fast) test suite. .ci/run calls exactly this. Two pytest-xdist
+## workers: most tests are bound by Python and graph building on one core.
 test: setup
 	bash scripts/ensure_data.sh
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 ## Slow tests: examples' --quick mode, keras.applications coverage, large property runs.
 test-slow: setup
