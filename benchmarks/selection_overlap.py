@@ -57,10 +57,14 @@ def kept_widths(model, target: float) -> dict:
     }
 
 
-def widths_markdown(widths: dict) -> str:
+def widths_markdown(widths: dict, extra: tuple = ()) -> str:
     """One table per target: per layer, the mean channels kept over seeds by
-    the baseline's |gamma| order, ACSL and NS. ``widths[(seed, target)][kind]``
-    is a :func:`kept_widths` result."""
+    the baseline's |gamma| order, ACSL, NS and the ``extra`` methods (their
+    cached sparse models' names, e.g. ``"acsl_galloc"``).
+    ``widths[(seed, target)][kind]`` is a :func:`kept_widths` result; a kind
+    missing in a run is left out of that run's mean."""
+    kinds = ("baseline", "acsl", "ns") + tuple(extra)
+    heads = ("baseline order", "ACSL", "NS") + tuple(f"`{m}`" for m in extra)
     lines = []
     for t in sorted({t for _, t in widths}):
         runs = [w for (_, tt), w in sorted(widths.items()) if tt == t]
@@ -69,13 +73,13 @@ def widths_markdown(widths: dict) -> str:
             "",
             f"### Channels kept per layer at {t:.0%} fewer FLOPs (mean over {len(runs)} seeds)",
             "",
-            "| layer | channels | baseline order | ACSL | NS |",
-            "|---|---:|---:|---:|---:|",
+            "| layer | channels | " + " | ".join(heads) + " |",
+            "|---|---:|" + "---:|" * len(heads),
         ]
         for layer in layers:
             cells = []
-            for kind in ("baseline", "acsl", "ns"):
-                vals = [w[kind][layer][0] for w in runs if layer in w[kind]]
+            for kind in kinds:
+                vals = [w[kind][layer][0] for w in runs if layer in w.get(kind, {})]
                 cells.append(f"{sum(vals) / len(vals):.1f}" if vals else "")
             lines.append(
                 f"| {layer} | {runs[0]['baseline'][layer][1]} | " + " | ".join(cells) + " |"
@@ -100,7 +104,14 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--widths", action="store_true", help="also tabulate the channels kept per layer"
     )
+    parser.add_argument(
+        "--extra",
+        default="",
+        help="comma-separated further methods whose cached sparse models join the width "
+        "table and the overlap with the baseline order (e.g. acsl_galloc)",
+    )
     args = parser.parse_args(argv)
+    extra = tuple(m for m in args.extra.split(",") if m)
 
     import keras
 
@@ -109,6 +120,7 @@ def main(argv=None) -> int:
 
     root = os.path.join(args.work_dir, "ranked", args.task)
     rows = []
+    extra_rows = []
     widths: dict = {}
     for seed, t in itertools.product(
         [int(s) for s in args.seeds.split(",")], [float(t) for t in args.targets.split(",")]
@@ -124,8 +136,17 @@ def main(argv=None) -> int:
         if missing:
             print(f"seed {seed}, target {t:.0%}: missing {missing}; skipped", flush=True)
             continue
+        for m in extra:
+            p = os.path.join(d, f"{m}_sparse_{args.controller}{tag}.keras")
+            if os.path.isfile(p):
+                paths[m] = p
+            else:
+                print(f"seed {seed}, target {t:.0%}: no {p}; {m} left out", flush=True)
         models = {k: keras.models.load_model(p) for k, p in paths.items()}
         sets = {k: removed_set(m, t) for k, m in models.items()}
+        for m in extra:
+            if m in sets:
+                extra_rows.append((seed, t, m, jaccard(sets[m], sets["baseline"])))
         if args.widths:
             widths[(seed, t)] = {k: kept_widths(m, t) for k, m in models.items()}
         rows.append(
@@ -153,8 +174,12 @@ def main(argv=None) -> int:
     ]
     for seed, t, a_b, n_b, a_n, na, nn in rows:
         lines.append(f"| {seed} | {t:.0%} | {a_b:.2f} | {n_b:.2f} | {a_n:.2f} | {na} / {nn} |")
+    if extra_rows:
+        lines += ["", "| seed | target FLOPs | method | overlap with the baseline order |"]
+        lines.append("|---:|---:|---|---:|")
+        lines += [f"| {sd} | {t:.0%} | `{m}` | {j:.2f} |" for sd, t, m, j in extra_rows]
     if widths:
-        lines.append(widths_markdown(widths))
+        lines.append(widths_markdown(widths, extra))
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

@@ -45,3 +45,19 @@ def test_kept_widths_and_markdown():
 def test_jaccard():
     assert so.jaccard({1, 2}, {2, 3}) == 1 / 3
     assert so.jaccard(set(), set()) == 1.0
+
+
+def test_widths_markdown_with_an_extra_method_missing_in_one_run():
+    widths = {
+        (0, 0.85): {
+            "baseline": {"bn0": (2, 4)},
+            "acsl": {"bn0": (1, 4)},
+            "ns": {"bn0": (3, 4)},
+            "acsl_galloc": {"bn0": (2, 4)},
+        },
+        (1, 0.85): {"baseline": {"bn0": (4, 4)}, "acsl": {"bn0": (2, 4)}, "ns": {"bn0": (3, 4)}},
+    }
+    text = so.widths_markdown(widths, extra=("acsl_galloc",))
+    assert "| layer | channels | baseline order | ACSL | NS | `acsl_galloc` |" in text
+    # acsl_galloc's mean is over the one run that has it
+    assert "| bn0 | 4 | 3.0 | 1.5 | 3.0 | 2.0 |" in text
