@@ -57,6 +57,12 @@ METHODS: dict[str, dict] = {
     "acsl_clip": dict(
         sparsity="acsl", criterion="gamma", options=dict(direction="redundant", clip=(0.5, 2.0))
     ),
+    # Pearson correlation (channel means subtracted) instead of the cosine:
+    # after a ReLU every pair of channels has a non-negative cosine, which
+    # grows with how often both fire, so the cosine partly measures density.
+    "acsl_center": dict(
+        sparsity="acsl", criterion="gamma", options=dict(direction="redundant", center=True)
+    ),
     # ACSL's order only inside each layer: the budget takes as many channels
     # from every group as Network Slimming's |gamma| order would
     # (BudgetStrength(allocation="gamma")); tells the per-layer allocation of
@@ -140,7 +146,7 @@ SPECIAL = ("baseline", "baseline_long", "tfmot")
 MAIN_METHODS = ("acsl", "ns", "cap", "dcp", "l1", "l1_layer", "random")
 VARIANTS = ("acsl_informative", "acsl_attention", "acsl_t2")
 #: The ACSL options re-run in the ranked mode (--methods, see docs/BENCHMARKS.md).
-OPTION_VARIANTS = VARIANTS + ("acsl_every1", "acsl_every32", "acsl_clip")
+OPTION_VARIANTS = VARIANTS + ("acsl_every1", "acsl_every32", "acsl_clip", "acsl_center")
 
 #: Per-mode settings. ``tasks[name]`` holds the make_task size/overrides and
 #: the training budget of that task.
