@@ -58,8 +58,9 @@ METHODS: dict[str, dict] = {
         sparsity="acsl", criterion="gamma", options=dict(direction="redundant", clip=(0.5, 2.0))
     ),
     # Pearson correlation (channel means subtracted) instead of the cosine:
-    # after a ReLU every pair of channels has a non-negative cosine, which
-    # grows with how often both fire, so the cosine partly measures density.
+    # after a ReLU every pair of channels has a non-negative cosine; on the
+    # segmentation baseline of seed 3 the cosine redundancy correlated with
+    # the channels' firing rate (+0.38 pooled, -0.75 to +0.94 per layer).
     "acsl_center": dict(
         sparsity="acsl", criterion="gamma", options=dict(direction="redundant", center=True)
     ),
