@@ -143,6 +143,28 @@ def test_larger_epsilon_keeps_fewer_channels():
     assert kept == [3, 6, 7]
 
 
+@pytest.mark.parametrize("per_step, eps", [(2, 0.004), (3, 0.005)])
+def test_adaptive_stopping_takes_the_decrease_per_unit(per_step, eps):
+    # 12 units of decreasing importance; a step adds `per_step` of them. The
+    # epsilons fall between a step's decrease per unit and its whole decrease.
+    vg, target = _linear_losses(n_units=12, seed=4)
+    unit_of = [np.repeat(np.arange(12)[:, None], 3, axis=1)]
+    tr = dcp.greedy_select(vg, [target], unit_of, 12, epsilon=eps, steps=0, per_step=per_step)
+    L = tr.losses
+    sizes = [min(per_step, 12 - per_step * t) for t in range(len(L) - 1)]
+    per_unit = [abs(L[t - 1] - L[t]) / (sizes[t - 1] * L[0]) for t in range(1, len(L))]
+    t_stop = next(t for t, d in enumerate(per_unit, 1) if d <= eps)
+    assert len(L) - 1 == t_stop
+    assert all(d > eps for d in per_unit[: t_stop - 1])
+    # the undivided decrease would not have stopped there: the division matters
+    assert abs(L[t_stop - 1] - L[t_stop]) / L[0] > eps
+    # the per-step loss decrease summed the units' own decreases (warm start
+    # at the exact optimum), so per unit the rule keeps what per_step=1 keeps,
+    # rounded up to whole steps
+    one = dcp.greedy_select(vg, [target], unit_of, 12, epsilon=eps, steps=0)
+    assert len(one.order) <= len(tr.order) <= len(one.order) + 2 * per_step
+
+
 def test_select_channels_adaptive_on_a_model():
     m = _dense_pair(hidden=8)
     x = np.random.default_rng(1).normal(size=(32, 5)).astype("float32")

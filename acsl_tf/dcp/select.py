@@ -15,7 +15,9 @@ stage by stage and layer by layer), the layers that read the group (its
   original weights in (warm start) and re-optimise the selected weights with
   a few SGD steps;
 * stop at a fixed count, or adaptively when
-  ``|L(t-1) - L(t)| / L(0) <= epsilon``.
+  ``|L(t-1) - L(t)| / L(0) <= epsilon``; when a step adds ``k > 1`` units
+  (``per_step``) the decrease is divided by ``k``, so ``epsilon`` keeps the
+  published per-unit meaning whatever the step size.
 
 Coupled channels (a residual ``Add``, a ``Concatenate``) are one group: all
 their consumers are fitted together and lose the same channels. The result
@@ -122,7 +124,8 @@ def greedy_select(
             -1 for entries that are always kept.
         n_units: Number of units.
         count: Stop after this many units.
-        epsilon: Stop when ``|L(t-1) - L(t)| / L(0) <= epsilon``.
+        epsilon: Stop when ``|L(t-1) - L(t)| / (k L(0)) <= epsilon``, with
+            ``k`` the units the last step added (1 as published).
         steps: SGD steps after each addition.
         learning_rate: SGD learning rate.
         momentum: SGD momentum (the velocity restarts at each addition).
@@ -198,7 +201,7 @@ def greedy_select(
         if (
             epsilon is not None
             and len(order) >= min_units
-            and abs(losses[-2] - losses[-1]) <= epsilon * abs(losses[0])
+            and abs(losses[-2] - losses[-1]) <= epsilon * abs(losses[0]) * len(new)
         ):
             break
     return GreedyTrace(order, losses, scores, before, [np.asarray(w) for w in W], rejected)
@@ -718,7 +721,9 @@ def select_channels(
             all groups, found on the plan's analytic counts.
         target_params: Same for the parameters.
         epsilon: Adaptive stopping: stop adding channels when
-            ``|L(t-1) - L(t)| / L(0) <= epsilon``.
+            ``|L(t-1) - L(t)| / L(0) <= epsilon``, the decrease taken per
+            channel when ``per_step`` adds several at once (so one
+            ``epsilon`` means the same for any ``per_step``).
         aux_weight: lambda, the weight of the discrimination-aware loss
             (published: 1).
         task_loss: Loss of the model's output (default: from ``heads`` or by
