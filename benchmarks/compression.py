@@ -618,10 +618,74 @@ def dkp_markdown(records: Sequence[dict]) -> str:
     return "\n".join(out) + "\n"
 
 
+#: Seeds a method needs before its line gets an interval band: with two the
+#: 95% t interval is 12.7 standard errors wide and says nothing.
+BAND_MIN_SEEDS = 3
+
+
+def plot_series(trows: Sequence[dict], key: str, scale: float) -> tuple[list[dict], tuple]:
+    """The lines of one panel of :func:`plot` and its y range.
+
+    Args:
+        trows: Aggregated rows of one task (plain fine-tuning).
+        key: ``"flops_reduction"`` or ``"params_reduction"``.
+        scale: 100 for fractions shown in %, 1 for MAE.
+
+    Returns:
+        ``(series, (y_lo, y_hi))``: one dict per method (``method``, ``n``,
+        ``xs``, ``ys``, ``band`` (``(lows, highs)`` or None: only for the main
+        methods, with at least ``BAND_MIN_SEEDS`` seeds at every point; the
+        variants' paired comparisons are in the tables), ``main``: one of
+        ``MAIN_METHODS``), and a y range that holds every mean, the
+        unpruned lines and the bands, padded by 8%.
+    """
+    from compression_configs import MAIN_METHODS
+
+    # dkp removes no FLOPs or params as counted (kernels are zeroed): no line
+    methods = [
+        m
+        for m in dict.fromkeys(r["method"] for r in trows)
+        if m not in ("baseline", "baseline_long", "dkp")
+    ]
+    series, ys_all = [], []
+    for m in methods:
+        pts = sorted((r for r in trows if r["method"] == m), key=lambda r: r[key])
+        ys = [scale * r["metric_mean"] for r in pts]
+        band = None
+        if m in MAIN_METHODS and all(r["n"] >= BAND_MIN_SEEDS for r in pts):
+            band = (
+                [y - scale * r["metric_ci"] for y, r in zip(ys, pts)],
+                [y + scale * r["metric_ci"] for y, r in zip(ys, pts)],
+            )
+            ys_all += band[0] + band[1]
+        ys_all += ys
+        series.append(
+            dict(
+                method=m,
+                n=max(r["n"] for r in pts),
+                xs=[100 * r[key] for r in pts],
+                ys=ys,
+                band=band,
+                main=m in MAIN_METHODS,
+            )
+        )
+    ys_all += [
+        scale * r["metric_mean"] for r in trows if r["method"] in ("baseline", "baseline_long")
+    ]
+    ys_all = [y for y in ys_all if math.isfinite(y)]
+    if not ys_all:
+        return series, (0.0, 1.0)
+    lo, hi = min(ys_all), max(ys_all)
+    pad = 0.08 * (hi - lo) or 0.05 * abs(hi) or 1.0
+    return series, (lo - pad, hi + pad)
+
+
 def plot(records: Sequence[dict], out_dir: str, suffix: str = "") -> list[str]:
     """One PNG per task: metric vs FLOPs reduction and metric vs params
-    reduction, one line per method (plain fine-tuning; bands = 95% t
-    intervals over seeds), the unpruned baseline as a dashed line.
+    reduction, one line per method (plain fine-tuning; the main methods
+    solid with bands of 95% t intervals over seeds where they have at least
+    ``BAND_MIN_SEEDS``, the variants dashed without), the unpruned baseline as a
+    dashed line, the legend beside the panels.
 
     Returns:
         The written paths (``<out_dir>/<task><suffix>.png``).
@@ -637,33 +701,43 @@ def plot(records: Sequence[dict], out_dir: str, suffix: str = "") -> list[str]:
     paths = []
     for task in dict.fromkeys(r["task"] for r in rows):
         trows = [r for r in rows if r["task"] == task and r["finetune"] == "plain"]
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+        fig, axes = plt.subplots(1, 2, figsize=(13, 4.4))
         base = [r for r in trows if r["method"] == "baseline"]
         long = [r for r in trows if r["method"] == "baseline_long"]
-        # dkp removes no FLOPs or params as counted (kernels are zeroed): no line
-        methods = [
-            m
-            for m in dict.fromkeys(r["method"] for r in trows)
-            if m not in ("baseline", "baseline_long", "dkp")
-        ]
         scale = 1.0 if trows[0]["metric_name"] == "mae" else 100.0
+        colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
         for ax, key, label in (
             (axes[0], "flops_reduction", "FLOPs reduction (%)"),
             (axes[1], "params_reduction", "params reduction (%)"),
         ):
-            for m in methods:
-                pts = sorted((r for r in trows if r["method"] == m), key=lambda r: r[key])
-                xs = [100 * r[key] for r in pts]
-                ys = [scale * r["metric_mean"] for r in pts]
-                (line,) = ax.plot(xs, ys, marker="o", label=f"{m} (n={max(r['n'] for r in pts)})")
-                if any(r["n"] > 1 for r in pts):
-                    ax.fill_between(
-                        xs,
-                        [y - scale * r["metric_ci"] for y, r in zip(ys, pts)],
-                        [y + scale * r["metric_ci"] for y, r in zip(ys, pts)],
-                        color=line.get_color(),
-                        alpha=0.18,
-                        lw=0,
+            series, ylim = plot_series(trows, key, scale)
+            for i, sr in enumerate(series):
+                color = colors[i % len(colors)]
+                ax.plot(
+                    sr["xs"],
+                    sr["ys"],
+                    marker="o" if sr["main"] else "s",
+                    ls="-" if sr["main"] else "--",
+                    lw=1.6 if sr["main"] else 1.0,
+                    ms=5 if sr["main"] else 4,
+                    color=color,
+                    label=f"{sr['method']} (n={sr['n']})",
+                )
+                if sr["band"] is not None and len(sr["xs"]) > 1:
+                    ax.fill_between(sr["xs"], *sr["band"], color=color, alpha=0.15, lw=0)
+                elif sr["band"] is not None:  # one target: an error bar
+                    lo_, hi_ = sr["band"]
+                    ax.errorbar(
+                        sr["xs"],
+                        sr["ys"],
+                        yerr=[
+                            [y - v for y, v in zip(sr["ys"], lo_)],
+                            [v - y for y, v in zip(sr["ys"], hi_)],
+                        ],
+                        fmt="none",
+                        ecolor=color,
+                        alpha=0.5,
+                        capsize=3,
                     )
             if base:
                 ax.axhline(
@@ -677,12 +751,17 @@ def plot(records: Sequence[dict], out_dir: str, suffix: str = "") -> list[str]:
                     lw=1,
                     label="unpruned, same epochs",
                 )
+            ax.set_ylim(*ylim)
             ax.set_xlabel(label)
             ax.set_ylabel(_unit(trows[0]["metric_name"]))
             ax.grid(alpha=0.3)
-        axes[1].legend(fontsize=8)
-        fig.suptitle(f"{task}: metric vs reduction (bands: 95% t intervals over seeds)")
-        fig.tight_layout()
+        handles, labels = axes[1].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="center right", fontsize=8, frameon=False)
+        fig.suptitle(
+            f"{task}: metric vs reduction (bands: 95% t intervals over seeds, "
+            f"main methods with >= {BAND_MIN_SEEDS} seeds; dashed: variants)"
+        )
+        fig.tight_layout(rect=(0, 0, 0.86, 1))
         path = os.path.join(out_dir, f"{task}{suffix}.png")
         with _io.atomic_path(path, overwrite=True, suffix=".png") as tmp:
             fig.savefig(tmp, dpi=90)

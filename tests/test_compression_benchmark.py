@@ -750,3 +750,38 @@ def test_summary_pairs_dcp_l1_and_the_beta_variants_seed_by_seed():
     # the README's overview block keeps ACSL against NS only
     readme, _ = cb.docs_blocks(text)
     assert "Other pairs" not in readme and "dcp - ns" not in readme
+
+
+def test_plot_bands_only_with_three_seeds_and_y_range_from_the_data():
+    # acsl: 3 seeds; acsl_clip: 2 seeds far apart (their 95% t interval
+    # must not set the y range)
+    recs = [_rec("segmentation", "baseline", s, 0.7, metric_name="mean_iou") for s in (0, 1, 2)]
+    recs += [
+        _rec("segmentation", "acsl", s, v, 0.5, flops=5_000, metric_name="mean_iou")
+        for s, v in ((0, 0.60), (1, 0.62), (2, 0.64))
+    ]
+    recs += [
+        _rec("segmentation", "acsl_clip", s, v, 0.5, flops=5_000, metric_name="mean_iou")
+        for s, v in ((0, 0.3), (1, 0.9))
+    ]
+    recs += [
+        _rec("segmentation", "acsl_center", s, 0.5, 0.5, flops=5_000, metric_name="mean_iou")
+        for s in (0, 1, 2)
+    ]
+    rows = [r for r in cb.aggregate(recs) if r["finetune"] == "plain"]
+    series, (lo, hi) = cb.plot_series(rows, "flops_reduction", 100.0)
+    by = {sr["method"]: sr for sr in series}
+    assert set(by) == {"acsl", "acsl_clip", "acsl_center"}
+    assert by["acsl"]["main"] and not by["acsl_clip"]["main"]
+    assert by["acsl_clip"]["band"] is None and by["acsl_clip"]["n"] == 2
+    # a variant gets no band even with 3 seeds
+    assert by["acsl_center"]["band"] is None and by["acsl_center"]["n"] == 3
+    low, high = by["acsl"]["band"]
+    assert by["acsl"]["xs"] == [50.0] and by["acsl"]["ys"] == pytest.approx([62.0])
+    half = 100 * cb.mean_ci([0.60, 0.62, 0.64])[1]
+    assert low == pytest.approx([62.0 - half]) and high == pytest.approx([62.0 + half])
+    # the range holds the means (50-62), the baseline (70) and acsl's band,
+    # padded 8%; acsl_clip's interval (+-381 points) stays out of it
+    assert 100 * cb.mean_ci([0.3, 0.9])[1] > 300
+    bottom, span = 50.0, 70.0 - 50.0
+    assert lo == pytest.approx(bottom - 0.08 * span) and hi == pytest.approx(70.0 + 0.08 * span)
