@@ -390,6 +390,8 @@ OTHER_PAIRS = (
     ("acsl_galloc", "acsl"),
     ("acsl_clip", "acsl"),
     ("acsl_t2", "acsl"),
+    ("acsl_t05", "acsl"),
+    ("acsl_t05", "ns"),
     ("acsl_center", "acsl"),
     ("acsl_informative", "acsl"),
     ("dcp", "ns"),
