@@ -308,12 +308,22 @@ def headline_markdown(records: Sequence[dict], methods: Sequence[str] | None = N
     return "\n".join(out) + "\n"
 
 
-def paired_markdown(records: Sequence[dict], a: str = "acsl", b: str = "ns") -> str:
+def paired_markdown(
+    records: Sequence[dict], a: str = "acsl", b: str = "ns", key: str = "metric"
+) -> str:
     """Method ``a`` against method ``b`` seed by seed (same baseline weights,
     same data): per task and target, the per-seed differences of the metric
     (``a`` better is positive, for MAE too), their mean with its paired 95%
     t interval, in how many seeds ``a`` was better, and the verdict: a method
     is called better only where the interval excludes zero.
+
+    Args:
+        records: Run records.
+        a, b: The two methods.
+        key: The record field compared: ``"metric"`` (after fine-tuning),
+            ``"metric_sparse"`` (the sparsity-trained model before shrinking)
+            or ``"metric_pruned"`` (right after shrinking). Seeds without the
+            field in either record are left out.
 
     Returns:
         Markdown text (a table), or "" when no seed has both methods.
@@ -324,10 +334,10 @@ def paired_markdown(records: Sequence[dict], a: str = "acsl", b: str = "ns") -> 
             by.setdefault((r["task"], r["target"], r["seed"]), {})[r["method"]] = r
     groups: dict = defaultdict(list)
     for (task, t, seed), d in sorted(by.items()):
-        if a in d and b in d:
+        if a in d and b in d and d[a].get(key) is not None and d[b].get(key) is not None:
             sign = 1.0 if d[a].get("higher_is_better", True) else -1.0
             scale = 1.0 if d[a]["metric_name"] == "mae" else 100.0
-            groups[task, t].append((seed, sign * scale * (d[a]["metric"] - d[b]["metric"])))
+            groups[task, t].append((seed, sign * scale * (d[a][key] - d[b][key])))
     if not groups:
         return ""
     out = [
@@ -457,8 +467,18 @@ def summary_markdown(records: Sequence[dict], *, title: str = "Compression bench
         if a in present and b in present
     ]
     others = [(a, b, t) for a, b, t in others if t]
-    if others:
+    stages = [
+        (label, paired_markdown(records, key=key))
+        for key, label in (
+            ("metric_sparse", "the sparsity-trained models before shrinking (`metric_sparse`)"),
+            ("metric_pruned", "right after `shrink`, before fine-tuning (`metric_pruned`)"),
+        )
+    ]
+    stages = [(label, t) for label, t in stages if t]
+    if others or stages:
         out += ["## Other pairs, seed by seed", ""]
+        for label, t in stages:
+            out += [f"`acsl` against `ns`, {label}:", "", t]
         for a, b, t in others:
             out += [f"`{a}` against `{b}`:", "", t]
     tasks = list(dict.fromkeys(r["task"] for r in rows))

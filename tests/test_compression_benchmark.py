@@ -188,6 +188,29 @@ def test_headline_and_paired_tables():
     )
     assert cb.paired_markdown(mae[1:]) == ""
     assert "seed by seed" in cb.summary_markdown(recs)
+    # the same pairing on the sparsity-trained models (before shrinking); a
+    # seed whose record lacks the field is left out, and MAE keeps its sign
+    stage = [
+        _rec("counting", "acsl", 0, 3.0, 0.5, metric_name="mae", metric_sparse=6.0),
+        _rec("counting", "ns", 0, 3.2, 0.5, metric_name="mae", metric_sparse=5.0),
+        _rec("counting", "acsl", 1, 3.0, 0.5, metric_name="mae", metric_sparse=7.0),
+        _rec("counting", "ns", 1, 3.1, 0.5, metric_name="mae", metric_sparse=5.5),
+        _rec("counting", "acsl", 2, 3.0, 0.5, metric_name="mae"),
+        _rec("counting", "ns", 2, 3.1, 0.5, metric_name="mae", metric_sparse=5.5),
+    ]
+    half = 12.706 * 0.25  # differences -1.0 and -1.5: mean -1.25, standard error 0.25
+    assert cb.paired_markdown(stage, key="metric_sparse").splitlines()[2] == (
+        f"| counting | 50% | -1.00 (s0), -1.50 (s1) | -1.25 [{-1.25 - half:+.2f}, "
+        f"{-1.25 + half:+.2f}] | 0/2 | no difference shown |"
+    )
+    assert cb.paired_markdown(stage).splitlines()[2].startswith(
+        "| counting | 50% | +0.20 (s0), +0.10 (s1), +0.10 (s2) |"
+    )
+    md = cb.summary_markdown(stage)
+    assert "`acsl` against `ns`, the sparsity-trained models before shrinking" in md
+    # metric_pruned is metric - 0.1 in these records: the difference is the same
+    assert "`acsl` against `ns`, right after `shrink`, before fine-tuning" in md
+    assert cb.paired_markdown(stage, key="metric_pruned") == cb.paired_markdown(stage)
 
 
 def test_t_quantiles_and_intervals():
