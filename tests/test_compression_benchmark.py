@@ -808,3 +808,12 @@ def test_plot_bands_only_with_three_seeds_and_y_range_from_the_data():
     assert 100 * cb.mean_ci([0.3, 0.9])[1] > 300
     bottom, span = 50.0, 70.0 - 50.0
     assert lo == pytest.approx(bottom - 0.08 * span) and hi == pytest.approx(70.0 + 0.08 * span)
+
+
+def test_every_acsl_option_is_paired_against_acsl():
+    from compression_configs import METHODS, OPTION_VARIANTS
+
+    pairs = set(cb.OTHER_PAIRS)
+    missing = [m for m in OPTION_VARIANTS + ("acsl_galloc",) if (m, "acsl") not in pairs]
+    assert missing == []
+    assert all(a in METHODS and b in METHODS for a, b in pairs)
