@@ -950,6 +950,19 @@ def dcp_cache_stem(settings: dict) -> str:
     )
 
 
+def method_criterion(spec: dict, task):
+    """The ``criterion`` argument of ``shrink`` for a method: its name, or for
+    ``"taylor"`` a :class:`acsl_tf.criteria.TaylorCriterion` on the first
+    ``TAYLOR_SAMPLES`` training samples with the task's loss."""
+    from compression_configs import TAYLOR_SAMPLES
+
+    if spec["criterion"] != "taylor":
+        return spec["criterion"]
+    from acsl_tf.pruning.criteria import TaylorCriterion
+
+    return TaylorCriterion(calibration_batch(task, TAYLOR_SAMPLES), task.loss())
+
+
 def calibration_batch(task, n: int):
     """DCP's calibration data: the first ``n`` samples of the task's training
     pipeline (at most one epoch's worth, so no sample repeats), as arrays
@@ -1434,7 +1447,9 @@ def run_task_seed(
             keras.utils.set_random_seed(seed)
             fields, keep = {}, []
             if kind == "shrink":
-                small = wf.prune(source, target_flops=t, criterion=spec["criterion"], seed=seed)
+                small = wf.prune(
+                    source, target_flops=t, criterion=method_criterion(spec, task), seed=seed
+                )
             else:
                 small, fields, keep = prune_dcp(
                     kind, source, aux, xc, yc, t, dset, options=spec["options"], task=task

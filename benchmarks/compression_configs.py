@@ -94,6 +94,12 @@ METHODS: dict[str, dict] = {
     # (closer to Li et al.'s per-layer pruning than raw norms ranked globally).
     "l1_layer": dict(sparsity=None, criterion="l1_layer", options={}),
     "random": dict(sparsity=None, criterion="random", options={}),
+    # The other weight criteria of acsl_tf.criteria: FPGM (filters closest to
+    # the geometric median of their layer go first) and first-order Taylor
+    # (|sum of activation x gradient| on TAYLOR_SAMPLES training samples of
+    # the task's loss), both applied to the baseline directly.
+    "fpgm": dict(sparsity=None, criterion="fpgm", options={}),
+    "taylor": dict(sparsity=None, criterion="taylor", options={}),
     # Discrimination-aware channel pruning (Liu, Zhuang, Tan et al.): the
     # baseline fine-tuned with auxiliary heads at the stage boundaries, then a
     # greedy channel selection with re-fitted kernels to each FLOPs target.
@@ -150,7 +156,11 @@ DCP_DEFAULTS: dict = dict(
 #: fine-tuning epochs, no penalty), and tfmot.
 SPECIAL = ("baseline", "baseline_long", "tfmot")
 
-MAIN_METHODS = ("acsl", "ns", "cap", "dcp", "l1", "l1_layer", "random")
+MAIN_METHODS = ("acsl", "ns", "cap", "dcp", "l1", "l1_layer", "fpgm", "taylor", "random")
+
+#: Training samples (the first of the task's pipeline) the ``taylor``
+#: criterion averages its scores over.
+TAYLOR_SAMPLES = 512
 VARIANTS = ("acsl_informative", "acsl_attention", "acsl_t2")
 #: The ACSL options re-run in the ranked mode (--methods, see docs/BENCHMARKS.md).
 OPTION_VARIANTS = VARIANTS + (

@@ -533,6 +533,28 @@ def test_calibration_batch_takes_at_most_one_epoch():
     assert len(x) == 12 and sorted(set(y.tolist())) == [0, 1, 2]
 
 
+def test_method_criterion_builds_taylor_on_the_task_data():
+    from compression_configs import METHODS, TAYLOR_SAMPLES
+
+    from acsl_tf import workflow as wf
+    from acsl_tf.pruning.criteria import TaylorCriterion
+
+    task = wf.make_task("counting", size="tiny")
+    assert cb.method_criterion(METHODS["fpgm"], task) == "fpgm"
+    assert cb.method_criterion(METHODS["l1"], task) == "l1"
+    crit = cb.method_criterion(METHODS["taylor"], task)
+    assert isinstance(crit, TaylorCriterion)
+    n = min(TAYLOR_SAMPLES, task.steps_per_epoch * task.batch_size)
+    x0, y0 = cb.calibration_batch(task, n)
+    assert crit.x.shape == x0.shape and np.array_equal(crit.x, x0) and np.array_equal(crit.y, y0)
+    model = task.build_model()
+    small = wf.prune(model, target_flops=0.5, criterion=crit)
+    from acsl_tf.pruning.profile import profile
+
+    reduction = 1 - profile(small).total_flops / profile(model).total_flops
+    assert 0.5 <= reduction < 0.6
+
+
 def test_dkp_layers_and_zero_fraction():
     import numpy as np
 
