@@ -337,7 +337,8 @@ def paired_markdown(
         if a in d and b in d and d[a].get(key) is not None and d[b].get(key) is not None:
             sign = 1.0 if d[a].get("higher_is_better", True) else -1.0
             scale = 1.0 if d[a]["metric_name"] == "mae" else 100.0
-            groups[task, t].append((seed, sign * scale * (d[a][key] - d[b][key])))
+            mark = "" if same_baseline(d[a], d[b]) else "\u2020"
+            groups[task, t].append((f"{seed}{mark}", sign * scale * (d[a][key] - d[b][key])))
     if not groups:
         return ""
     out = [
@@ -360,7 +361,73 @@ def paired_markdown(
         out.append(
             f"| {task} | {100 * t:.0f}% | {per} | {cell} | {wins}/{len(diffs)} | {verdict} |"
         )
+    if any(seed.endswith("\u2020") for diffs in groups.values() for seed, _ in diffs):
+        out += [
+            "",
+            "\u2020 the two runs of this seed started from baselines trained separately "
+            "(same seed, data and recipe, retrained after a lost cache; see "
+            "*Baselines retrained*): the pair is not weight-identical.",
+        ]
     return "\n".join(out) + "\n"
+
+
+def baseline_key(rec: dict):
+    """What identifies the unpruned weights a run started from: the weights'
+    fingerprint (``baseline_id``, recorded since runs carry it), else the
+    baseline's metric to 6 decimals (older records), else None."""
+    if rec.get("baseline_id"):
+        return ("id", rec["baseline_id"])
+    if rec.get("method") in ("baseline",) and rec.get("metric") is not None:
+        return ("metric", round(float(rec["metric"]), 6))
+    if rec.get("baseline_metric") is not None:
+        return ("metric", round(float(rec["baseline_metric"]), 6))
+    return None
+
+
+def same_baseline(r1: dict, r2: dict) -> bool:
+    """Whether two runs of a seed started from the same baseline weights (as far
+    as the records tell: fingerprints when both have one, else the baseline
+    metric; records that tell nothing are taken as paired)."""
+    if r1.get("baseline_id") and r2.get("baseline_id"):
+        return r1["baseline_id"] == r2["baseline_id"]
+    m1, m2 = r1.get("baseline_metric"), r2.get("baseline_metric")
+    if m1 is None or m2 is None:
+        return True
+    return round(float(m1), 6) == round(float(m2), 6)
+
+
+def baseline_drift_markdown(records: Sequence[dict]) -> str:
+    """Per task and seed, how many distinct baselines the records started from
+    and the spread of their unpruned metrics (a lost cache retrains the
+    baseline, and CPU training is not bit-reproducible across machines).
+
+    Returns:
+        Markdown text (a table), or "" when every seed has one baseline.
+    """
+    seen: dict = defaultdict(dict)
+    for r in records:
+        if r.get("target") is None or r.get("baseline_metric") is None:
+            continue
+        k = baseline_key(r)
+        seen[r["task"], r["seed"]].setdefault(k, [float(r["baseline_metric"]), 0])
+        seen[r["task"], r["seed"]][k][1] += 1
+    rows = []
+    for (task, seed), ks in sorted(seen.items()):
+        if len(ks) < 2:
+            continue
+        vals = [v for v, _ in ks.values()]
+        fmt = "{:.3f}" if task == "counting" else "{:.4f}"
+        per = ", ".join(f"{fmt.format(v)} ({n} runs)" for v, n in ks.values())
+        rows.append(f"| {task} | {seed} | {len(ks)} | {per} | {fmt.format(max(vals) - min(vals))} |")
+    if not rows:
+        return ""
+    return "\n".join(
+        [
+            "| task | seed | baselines | unpruned metric (runs) | spread |",
+            "|---|---:|---:|---|---:|",
+            *rows,
+        ]
+    ) + "\n"
 
 
 def controller_markdown(
@@ -484,6 +551,20 @@ def summary_markdown(records: Sequence[dict], *, title: str = "Compression bench
             out += [f"`acsl` against `ns`, {label}:", "", t]
         for a, b, t in others:
             out += [f"`{a}` against `{b}`:", "", t]
+    drift = baseline_drift_markdown(records)
+    if drift:
+        out += [
+            "## Baselines retrained",
+            "",
+            "Seeds whose runs started from more than one baseline: the cache of trained "
+            "baselines was lost between sessions and the baseline retrained (same seed, "
+            "data and recipe; CPU training is not bit-reproducible across machines). "
+            "Pairs across two baselines are marked \u2020 above. Baselines are now kept "
+            "in `baselines/` next to the records and every record carries the weights' "
+            "fingerprint (`baseline_id`).",
+            "",
+            drift,
+        ]
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     for task in tasks:
         trows = [r for r in rows if r["task"] == task]
@@ -874,6 +955,21 @@ def _load_model(path: str):
         return None
 
 
+def weights_fingerprint(model) -> str:
+    """The first 16 hex digits of the SHA-256 of a model's weights (names,
+    shapes and bytes, in order): identical weights, identical fingerprint."""
+    import hashlib
+
+    import numpy as np
+
+    h = hashlib.sha256()
+    for w in model.weights:
+        v = np.ascontiguousarray(w.numpy())
+        h.update(f"{w.path}:{v.dtype}:{v.shape};".encode())
+        h.update(v.tobytes())
+    return h.hexdigest()[:16]
+
+
 def _copy(model):
     import keras
 
@@ -1214,8 +1310,13 @@ def run_task_seed(
     work_dir: str,
     distill: bool = True,
     export: bool = True,
+    baseline_store: str | None = None,
 ) -> int:
-    """Run every missing record of one task and seed; returns how many were written."""
+    """Run every missing record of one task and seed; returns how many were written.
+
+    ``baseline_store``: a folder where the trained baseline is kept as
+    ``<mode>/<task>/seed<N>.keras`` and taken from when present (None: the
+    work dir only)."""
     import keras
 
     from acsl_tf import workflow as wf
@@ -1270,9 +1371,21 @@ def run_task_seed(
         higher_is_better=task.higher_is_better,
     )
 
-    # Baseline (trained once per task and seed, cached).
+    # Baseline (trained once per task and seed, cached in the work dir and, when
+    # a baseline store is given, kept next to the records so that a later
+    # session pairs its runs with the same weights instead of a retrained
+    # baseline).
     base_path = os.path.join(work, "baseline.keras")
-    base = _load_model(base_path)
+    store_path = (
+        os.path.join(baseline_store, mode, task_name, f"seed{seed}.keras")
+        if baseline_store
+        else None
+    )
+    base = _load_model(store_path) if store_path else None
+    if base is not None and not os.path.exists(base_path):
+        _save_model(base, base_path)
+    if base is None:
+        base = _load_model(base_path)
     t0 = time.time()
     if base is None:
         _log(f"{task_name} seed {seed}: training the baseline ({cfg['base_epochs']} epochs)")
@@ -1287,7 +1400,10 @@ def run_task_seed(
             verbose=0,
         )
         _save_model(base, base_path)
+    if store_path and not os.path.exists(store_path):
+        _save_model(base, store_path)
     base_seconds = time.time() - t0
+    common["baseline_id"] = weights_fingerprint(base)
     base_metric = wf.evaluate(base, task)
     base_row = wf.record(base, task, metric=base_metric)
     base_params, base_flops = base_row["params"], base_row["flops"]
@@ -1690,7 +1806,16 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--work-dir", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "acsl_tf_compression")
     )
+    parser.add_argument(
+        "--baseline-store",
+        default=None,
+        help="folder that keeps the trained baselines (<mode>/<task>/seed<N>.keras) so "
+        "later sessions reuse the same weights; default <out-dir>/baselines, 'none' to "
+        "keep them in --work-dir only",
+    )
     args = parser.parse_args(argv)
+    if args.baseline_store is None:
+        args.baseline_store = os.path.join(args.out_dir, "baselines")
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -1735,6 +1860,9 @@ def main(argv=None) -> int:
                     work_dir=args.work_dir,
                     distill=mcfg["distill"] and not args.no_distill,
                     export=not args.no_export,
+                    baseline_store=(
+                        None if args.baseline_store == "none" else args.baseline_store
+                    ),
                 )
                 if "tfmot" in methods and mcfg["tfmot"]:
                     run_tfmot(

@@ -368,6 +368,12 @@ def test_smoke_mode_end_to_end_and_resumes(tmp_path):
     assert by["baseline_long"]["params"] == by["baseline"]["params"]
     assert by["baseline_long"]["seconds_train"] > 0
     assert os.path.exists(os.path.join(out, "summary_smoke.md"))
+    # every run records the fingerprint of the one baseline, which is kept in
+    # the baseline store next to the records for later sessions
+    ids = {r["baseline_id"] for r in recs}
+    assert len(ids) == 1
+    stored = cb._load_model(os.path.join(out, "baselines", "smoke", "classification", "seed0.keras"))
+    assert cb.weights_fingerprint(stored) == ids.pop()
     # resumable: a second call finds every record and writes nothing new
     mtimes = {p: os.path.getmtime(p) for p in _json_files(out)}
     assert (
@@ -839,3 +845,43 @@ def test_every_acsl_option_is_paired_against_acsl():
     missing = [m for m in OPTION_VARIANTS + ("acsl_galloc",) if (m, "acsl") not in pairs]
     assert missing == []
     assert all(a in METHODS and b in METHODS for a, b in pairs)
+
+
+def test_weights_fingerprint_tells_weights_apart():
+    import keras
+
+    m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    a = cb.weights_fingerprint(m)
+    assert len(a) == 16 and a == cb.weights_fingerprint(m)
+    w = m.get_weights()
+    w[1] = w[1] + 1e-7
+    m.set_weights(w)
+    assert cb.weights_fingerprint(m) != a
+
+
+def test_pairs_across_retrained_baselines_are_marked_and_listed():
+    def rec(method, seed, metric, base, **kw):
+        return _rec("segmentation", method, seed, metric, target=0.5, baseline_metric=base, **kw)
+
+    recs = [
+        rec("acsl", 0, 0.70, 0.72),
+        rec("ns", 0, 0.68, 0.72),
+        rec("acsl", 1, 0.71, 0.73),
+        rec("ns", 1, 0.70, 0.735),  # retrained baseline, other weights
+        rec("acsl", 2, 0.69, 0.71, baseline_id="aa"),
+        rec("ns", 2, 0.66, 0.71, baseline_id="bb"),  # same metric, other weights
+    ]
+    lines = cb.paired_markdown(recs).splitlines()
+    assert "+2.0 (s0), +1.0 (s1\u2020), +3.0 (s2\u2020)" in lines[2]
+    assert lines[-1].startswith("\u2020 the two runs of this seed")
+    assert "\u2020" not in cb.paired_markdown(recs[:2])
+    assert cb.same_baseline(recs[0], recs[1]) and not cb.same_baseline(recs[2], recs[3])
+    assert not cb.same_baseline(recs[4], recs[5])
+    assert cb.same_baseline(dict(baseline_id="x", baseline_metric=1.0), dict(baseline_id="x"))
+    drift = cb.baseline_drift_markdown(recs).splitlines()
+    assert drift[0].startswith("| task | seed | baselines |")
+    assert drift[2:] == [
+        "| segmentation | 1 | 2 | 0.7300 (1 runs), 0.7350 (1 runs) | 0.0050 |",
+        "| segmentation | 2 | 2 | 0.7100 (1 runs), 0.7100 (1 runs) | 0.0000 |",
+    ]
+    assert cb.baseline_drift_markdown(recs[:2]) == ""
