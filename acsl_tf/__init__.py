@@ -65,6 +65,7 @@ from acsl_tf import graph  # noqa: E402
 from acsl_tf.graph import DependencyGraph, register_layer_handler  # noqa: E402
 from acsl_tf.pruning import (  # noqa: E402
     ApproximateShrinkWarning,
+    LayerCollapseWarning,
     Profile,
     ShrinkPlan,
     ShrinkReport,
@@ -83,6 +84,7 @@ __all__ += [
     "DependencyGraph",
     "register_layer_handler",
     "ApproximateShrinkWarning",
+    "LayerCollapseWarning",
     "Profile",
     "ShrinkPlan",
     "ShrinkReport",

@@ -242,6 +242,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="channels every group keeps (default: 1)",
     )
     opt.add_argument(
+        "--max-fraction",
+        type=float,
+        default=None,
+        metavar="F",
+        help="remove at most this fraction (0..1] of any layer's channels, e.g. 0.9 keeps "
+        "10%% of every layer (default: no cap beyond --min-channels)",
+    )
+    opt.add_argument(
         "--round-to",
         type=_int_at_least(1),
         default=1,
@@ -429,6 +437,7 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             planning = {
                 "--criterion": args.criterion != "gamma",
                 "--min-channels": args.min_channels != 1,
+                "--max-fraction": args.max_fraction is not None,
                 "--round-to": args.round_to != 1,
                 "--seed": args.seed != 0,
                 "--save-plan": args.save_plan is not None,
@@ -698,6 +707,7 @@ def _cmd_shrink(args, progress) -> int:
             model,
             criterion=args.criterion,
             min_channels=args.min_channels,
+            max_fraction=args.max_fraction,
             round_to=args.round_to,
             ignored_layers=tuple(args.ignore),
             seed=args.seed,

@@ -3,7 +3,13 @@ applying a plan, folding removed channels, parameter/FLOPs profiling and the
 report."""
 
 from acsl_tf.pruning.apply import ApproximateShrinkWarning, ShrinkResult, apply_plan, shrink
-from acsl_tf.pruning.plan import ChannelGroup, PlanFile, ShrinkPlan, plan_shrink
+from acsl_tf.pruning.plan import (
+    ChannelGroup,
+    LayerCollapseWarning,
+    PlanFile,
+    ShrinkPlan,
+    plan_shrink,
+)
 from acsl_tf.pruning.profile import LayerProfile, Profile, call_cost, profile
 from acsl_tf.pruning.report import ReportRow, ShrinkReport, shrink_report
 
@@ -13,6 +19,7 @@ __all__ = [
     "apply_plan",
     "shrink",
     "ChannelGroup",
+    "LayerCollapseWarning",
     "PlanFile",
     "ShrinkPlan",
     "plan_shrink",

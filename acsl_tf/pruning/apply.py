@@ -84,6 +84,7 @@ def shrink(
     recalibrate=None,
     recalibrate_steps: int | None = 20,
     recalibrate_batch_size: int = 128,
+    max_fraction: float | None = None,
 ):
     """Return a NEW model with the low-importance channels physically removed.
 
@@ -98,8 +99,8 @@ def shrink(
             converted (``acsl_tf.interop``) and the result handed back as
             tf_keras.
         threshold, ratio, target_flops, target_params, keep, criterion,
-        min_channels, round_to, ignored_layers, handlers, strict, seed: See
-            :func:`acsl_tf.plan_shrink`.
+        min_channels, round_to, ignored_layers, handlers, strict, seed,
+        max_fraction: See :func:`acsl_tf.plan_shrink`.
         fold_removed: Fold the constant that a removed channel carries
             (``act(beta)`` after a zero gamma) into its consumers' biases.
             Exact for Dense, 1x1 / valid-padded convs and global pooling;
@@ -156,8 +157,9 @@ def shrink(
             handlers=handlers,
             strict=strict,
             seed=seed,
+            max_fraction=max_fraction,
         )
-    elif any(v is not None for v in selection):
+    elif any(v is not None for v in selection) or max_fraction is not None:
         raise ValueError("Pass either plan= or a selection argument, not both.")
     return apply_plan(
         model,

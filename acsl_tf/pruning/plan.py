@@ -25,7 +25,19 @@ from acsl_tf import _io, _validation
 from acsl_tf.graph.dependency import DependencyGraph
 from acsl_tf.pruning import criteria as _criteria
 
-__all__ = ["ChannelGroup", "ShrinkPlan", "plan_shrink"]
+__all__ = ["ChannelGroup", "LayerCollapseWarning", "ShrinkPlan", "plan_shrink"]
+
+
+class LayerCollapseWarning(UserWarning):
+    """A plan left channel groups at their floor (``min_channels``): a layer
+    of one or two channels is an information bottleneck that fine-tuning
+    rarely recovers from. Typical cause: a raw weight criterion (``"l1"``,
+    ``"l2"``, ``"fpgm"``) ranked globally, whose scores grow with a layer's
+    fan-in and so empty the early, high-resolution layers first."""
+
+
+# Groups of at least this many channels cut to their floor are reported.
+_COLLAPSE_MIN_SIZE = 4
 
 PLAN_FORMAT = "acsl_tf.ShrinkPlan/1"
 
@@ -354,6 +366,7 @@ def plan_shrink(
     strict: bool = False,
     seed: int = 0,
     graph: DependencyGraph | None = None,
+    max_fraction: float | None = None,
 ) -> ShrinkPlan:
     """Decide which channels to remove, without building anything.
 
@@ -381,6 +394,12 @@ def plan_shrink(
             groups whose gammas cover them; weight criteria also prune
             models without BatchNormalization.
         min_channels: Channels every group keeps at least (>= 1).
+        max_fraction: The largest fraction (0..1] of any group's channels the
+            plan may remove, e.g. 0.9 keeps at least 10% of every layer
+            (rounded up, and never fewer than ``min_channels``). None
+            (default): only ``min_channels`` limits a group. A global
+            ranking that empties whole layers down to ``min_channels``
+            warns (:class:`LayerCollapseWarning`); this caps it.
         round_to: Kept counts are rounded up to a multiple of this (never above
             the original count), and of what a group's layers need (keras-hub's
             inverted residual blocks: 8).
@@ -427,6 +446,10 @@ def plan_shrink(
     elif mode == "threshold":
         value = _validation.non_negative(value, "threshold")
     min_channels = _validation.positive_int(min_channels, "min_channels")
+    if max_fraction is not None:
+        max_fraction = _validation.fraction(
+            max_fraction, "max_fraction", low_open=True, high_open=False
+        )
     round_to = _validation.positive_int(round_to, "round_to")
     crit = _criteria.get_criterion(criterion)
     source = model
@@ -457,15 +480,71 @@ def plan_shrink(
         rng = np.random.default_rng(seed)
         how = "max" if mode == "threshold" else "mean"
         gs = crit.group_scores(graph, roots, reduction=how, rng=rng)
+        floors = {r: _floor(sizes[r], min_channels, max_fraction) for r in roots}
         if mode == "threshold":
             removed = {}
             for r in roots:
                 below = int((gs[r] < value).sum())
-                removed[r] = min(below, sizes[r] - min(min_channels, sizes[r]))
+                removed[r] = min(below, sizes[r] - floors[r])
             keep_idx = _keep_from_counts(gs, removed, sizes, rounds)
         else:
-            keep_idx = _rank_globally(gs, roots, sizes, mode, value, cost, min_channels, rounds)
-    return _make_plan(graph, cost, keep_idx, crit.name, roots)
+            floor_desc = f"min_channels={min_channels}" + (
+                f", max_fraction={max_fraction}" if max_fraction is not None else ""
+            )
+            keep_idx = _rank_globally(
+                gs, roots, sizes, mode, value, cost, floors, rounds, floor_desc
+            )
+    plan = _make_plan(graph, cost, keep_idx, crit.name, roots)
+    if mode != "keep":
+        _warn_collapsed(plan, crit.name, mode, value, min_channels, max_fraction)
+    return plan
+
+
+def _floor(size: int, min_channels: int, max_fraction: float | None) -> int:
+    """Channels a group of ``size`` keeps at least."""
+    floor = min(min_channels, size)
+    if max_fraction is not None:
+        floor = max(floor, min(size, int(math.ceil(size * (1.0 - max_fraction) - 1e-9))))
+    return floor
+
+
+def _warn_collapsed(plan, crit_name, mode, value, min_channels, max_fraction) -> None:
+    """Warn when the plan cut groups of >= _COLLAPSE_MIN_SIZE channels down to
+    ``min_channels`` (not to a floor the user set with ``max_fraction``)."""
+    hit = [
+        g
+        for g in plan.groups
+        if g.prunable
+        and g.size >= max(_COLLAPSE_MIN_SIZE, 2 * min_channels)
+        and len(g.keep) <= min_channels
+        and (max_fraction is None or len(g.keep) < g.size * (1.0 - max_fraction))
+    ]
+    if not hit:
+        return
+    names = []
+    for g in hit[:6]:
+        outs = [n for n, role in g.members if role == "out"] or [g.members[0][0]]
+        names.append(f"{outs[0]} {g.size}->{len(g.keep)}")
+    more = f" and {len(hit) - 6} more" if len(hit) > 6 else ""
+    raw = crit_name in ("l1", "l2", "fpgm")
+    why = (
+        f" Criterion {crit_name!r} is not normalised per layer: its scores grow with a "
+        "layer's fan-in, so a global ranking empties the early layers first; use "
+        "criterion='l1_layer' (per-layer normalised L1), or"
+        if raw
+        else " If this is not intended,"
+    )
+    warnings.warn(
+        f"plan_shrink({mode}={value!r}, criterion={crit_name!r}) cut {len(hit)} of "
+        f"{sum(g.prunable for g in plan.groups)} prunable channel groups down to "
+        f"min_channels={min_channels} ({', '.join(names)}{more}). A layer of so few "
+        "channels is an information bottleneck that fine-tuning rarely recovers from "
+        "(a U-Net pruned this way predicts one class everywhere).{why} cap the cut per "
+        "group with max_fraction= (e.g. 0.9 keeps 10% of every layer) or raise "
+        "min_channels=.".replace("{why}", why),
+        LayerCollapseWarning,
+        stacklevel=3,
+    )
 
 
 def _from_tf_keras(model):
@@ -507,11 +586,11 @@ def _nothing_prunable(graph, crit, mode):
     warnings.warn(msg, UserWarning, stacklevel=3)
 
 
-def _rank_globally(gs, roots, sizes, mode, value, cost, min_channels, rounds):
+def _rank_globally(gs, roots, sizes, mode, value, cost, floors, rounds, floor_desc):
     cands = []
     for r in roots:
         n = sizes[r]
-        prot = min(min_channels, n)
+        prot = floors[r]
         order = np.argsort(gs[r], kind="stable")[: n - prot]
         # ties (e.g. BNs with scale=False) are broken by the relative rank
         # inside the group, so they spread evenly
@@ -543,8 +622,8 @@ def _rank_globally(gs, roots, sizes, mode, value, cost, min_channels, rounds):
     best, _ = reduction(len(cand_roots))
     if best < value:
         raise ValueError(
-            f"{mode}={value} cannot be met: removing every prunable channel "
-            f"(min_channels={min_channels}) reduces it by {best:.4f}. Lower the target, or "
+            f"{mode}={value} cannot be met: removing every prunable channel ({floor_desc}) "
+            f"reduces it by {best:.4f}. Lower the target, or "
             "use a criterion that can prune more groups (a weight criterion such as 'l1' "
             f"also prunes groups without BatchNormalization). Received: {mode}={value!r}"
         )
