@@ -155,6 +155,12 @@ def test_headline_and_paired_tables():
     row = next(line for line in head if line.startswith("| counting"))
     assert row == "| counting (MAE, lower is better) | 70% | 3.00 |  |  | 4.50 | 1 |"
     assert cb.headline_markdown([]) == ""
+    # a method over fewer seeds than the row's most says how many
+    fewer = recs + [_rec("classification", "l1", 0, 0.80, 0.5)]
+    row = next(
+        line for line in cb.headline_markdown(fewer).splitlines() if "| classification" in line
+    )
+    assert row.endswith("| 86.0 ± 2.5 | 82.0 ± 5.0 | 80.0 (n=1) | 3 |")
     longer = recs + [_rec("classification", "baseline_long", 0, 0.95)]
     head = cb.headline_markdown(longer).splitlines()
     assert head[0].startswith("| task (metric) | target FLOPs red. | unpruned | unpruned, same epochs | acsl |")
