@@ -55,6 +55,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
@@ -376,6 +377,29 @@ def paired_markdown(
     return "\n".join(out) + "\n"
 
 
+def collapse_line(records: Sequence[dict], task: str) -> str:
+    """One sentence listing the runs of ``task`` whose plan cut channel groups
+    down to ``min_channels`` (``collapsed_groups`` > 0), per method and
+    target with the group counts per seed; "" when none (or when no record
+    of the task carries the field)."""
+    hits: dict = defaultdict(list)
+    for r in records:
+        if r["task"] == task and r.get("collapsed_groups") and r.get("finetune") == "plain":
+            hits[r["method"], r["target"]].append((r["seed"], r["collapsed_groups"]))
+    if not hits:
+        return ""
+    parts = [
+        f"`{m}` {100 * t:.0f}%: "
+        + ", ".join(f"{n} (s{seed})" for seed, n in sorted(v))
+        for (m, t), v in sorted(hits.items(), key=lambda kv: (kv[0][0], kv[0][1]))
+    ]
+    return (
+        "Plans that cut channel groups of 4 or more channels down to one "
+        "(`LayerCollapseWarning`; groups per seed, runs recorded since the field "
+        "exists): " + "; ".join(parts) + "."
+    )
+
+
 def baseline_key(rec: dict):
     """What identifies the unpruned weights a run started from: the weights'
     fingerprint (``baseline_id``, recorded since runs carry it), else the
@@ -593,6 +617,9 @@ def summary_markdown(records: Sequence[dict], *, title: str = "Compression bench
                 f"{r['params']:,.0f} | {r['flops'] / 1e6:.2f} |"
             )
         out.append("")
+        collapsed = collapse_line(records, task)
+        if collapsed:
+            out += [collapsed, ""]
         dist = [r for r in trows if r["finetune"] == "distill"]
         if dist:
             out += [
@@ -1051,6 +1078,22 @@ def dcp_cache_stem(settings: dict) -> str:
         f"dcp_heads{settings['max_heads']}_e{settings['aux_epochs']}_"
         f"lr{settings['aux_lr']:g}_w{settings['aux_weight']:g}"
     )
+
+
+def collapsed_groups(caught) -> int:
+    """How many channel groups a plan cut down to ``min_channels``, read from
+    the :class:`acsl_tf.LayerCollapseWarning` among ``caught`` warnings
+    (0 without one)."""
+    import re
+
+    from acsl_tf import LayerCollapseWarning
+
+    for w in caught:
+        if issubclass(w.category, LayerCollapseWarning):
+            m = re.search(r"cut (\d+) of \d+ prunable channel groups", str(w.message))
+            if m:
+                return int(m.group(1))
+    return 0
 
 
 def method_criterion(spec: dict, task):
@@ -1570,9 +1613,14 @@ def run_task_seed(
             keras.utils.set_random_seed(seed)
             fields, keep = {}, []
             if kind == "shrink":
-                small = wf.prune(
-                    source, target_flops=t, criterion=method_criterion(spec, task), seed=seed
-                )
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    small = wf.prune(
+                        source, target_flops=t, criterion=method_criterion(spec, task), seed=seed
+                    )
+                fields["collapsed_groups"] = collapsed_groups(caught)
+                for w in caught:  # shown as before
+                    warnings.showwarning(w.message, w.category, w.filename, w.lineno)
             else:
                 small, fields, keep = prune_dcp(
                     kind, source, aux, xc, yc, t, dset, options=spec["options"], task=task

@@ -370,6 +370,8 @@ def test_smoke_mode_end_to_end_and_resumes(tmp_path):
             assert r["flops_reduction"] >= 0.5 - 1e-6
             assert r["params"] < next(b["params"] for b in recs if b["method"] == "baseline")
             assert r["tflite_bytes"] > 0 and r["latency_ms_int8"] > 0
+            if r["method"] != "dcp":  # plans by shrink record the groups cut to one channel
+                assert isinstance(r["collapsed_groups"], int) and r["collapsed_groups"] >= 0
     by = {r["method"]: r for r in recs}
     assert by["baseline_long"]["params"] == by["baseline"]["params"]
     assert by["baseline_long"]["seconds_train"] > 0
@@ -891,3 +893,31 @@ def test_pairs_across_retrained_baselines_are_marked_and_listed():
         "| segmentation | 2 | 2 | 0.7100 (1 runs), 0.7100 (1 runs) | 0.0000 |",
     ]
     assert cb.baseline_drift_markdown(recs[:2]) == ""
+
+
+def test_collapsed_groups_are_read_from_the_warning_and_listed():
+    import warnings
+
+    from acsl_tf import LayerCollapseWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warnings.warn("something else", UserWarning, stacklevel=1)
+        warnings.warn(
+            "plan_shrink(target_flops=0.5, criterion='l1') cut 6 of 17 prunable channel "
+            "groups down to min_channels=1 (enc0_conv1_conv 16->1).",
+            LayerCollapseWarning,
+            stacklevel=1,
+        )
+    assert cb.collapsed_groups(caught) == 6
+    assert cb.collapsed_groups(caught[:1]) == 0
+    recs = [
+        _rec("segmentation", "l1", 3, 0.16, 0.5, collapsed_groups=6),
+        _rec("segmentation", "l1", 4, 0.16, 0.5, collapsed_groups=5),
+        _rec("segmentation", "taylor", 3, 0.7, 0.85, collapsed_groups=0),
+        _rec("counting", "l1", 3, 9.0, 0.5, collapsed_groups=2, metric_name="mae"),
+    ]
+    line = cb.collapse_line(recs, "segmentation")
+    assert line.endswith("groups per seed, runs recorded since the field exists): `l1` 50%: 6 (s3), 5 (s4).")
+    assert cb.collapse_line(recs[2:3], "segmentation") == ""
+    assert "`l1` 50%: 6 (s3), 5 (s4)." in cb.summary_markdown(recs)
