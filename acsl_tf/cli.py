@@ -231,8 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--criterion",
         default="gamma",
         metavar="NAME",
-        help="channel score: gamma, l1, l2, fpgm, l1_layer, random, cap, or a registered "
-        "criterion (default: gamma; models without BatchNorm need a weight criterion such as l1)",
+        help="channel score: gamma, l1, l2, fpgm, l1_layer, fpgm_layer, random, cap, or a "
+        "registered criterion (default: gamma; models without BatchNorm need a weight "
+        "criterion such as l1_layer)",
     )
     opt.add_argument(
         "--min-channels",

@@ -99,6 +99,7 @@ METHODS: dict[str, dict] = {
     # (|sum of activation x gradient| on TAYLOR_SAMPLES training samples of
     # the task's loss), both applied to the baseline directly.
     "fpgm": dict(sparsity=None, criterion="fpgm", options={}),
+    "fpgm_layer": dict(sparsity=None, criterion="fpgm_layer", options={}),
     "taylor": dict(sparsity=None, criterion="taylor", options={}),
     # Discrimination-aware channel pruning (Liu, Zhuang, Tan et al.): the
     # baseline fine-tuned with auxiliary heads at the stage boundaries, then a
@@ -156,7 +157,18 @@ DCP_DEFAULTS: dict = dict(
 #: fine-tuning epochs, no penalty), and tfmot.
 SPECIAL = ("baseline", "baseline_long", "tfmot")
 
-MAIN_METHODS = ("acsl", "ns", "cap", "dcp", "l1", "l1_layer", "fpgm", "taylor", "random")
+MAIN_METHODS = (
+    "acsl",
+    "ns",
+    "cap",
+    "dcp",
+    "l1",
+    "l1_layer",
+    "fpgm",
+    "fpgm_layer",
+    "taylor",
+    "random",
+)
 
 #: Training samples (the first of the task's pipeline) the ``taylor``
 #: criterion averages its scores over.

@@ -332,3 +332,35 @@ def test_l1_layer_criterion_spreads_removal_over_layers():
     per = plan_shrink(m, ratio=0.5, criterion="l1_layer").bn_keep
     assert per["b1"] == (2, 3) and per["b2"] == (2, 3)
     assert "l1_layer" in list_criteria()
+
+
+def test_fpgm_layer_is_fpgm_normalised_per_producer():
+    inp = keras.Input((6, 6, 2))
+    x = keras.layers.Conv2D(4, 3, padding="same", name="c1")(inp)
+    x = keras.layers.BatchNormalization(name="b1")(x)
+    x = keras.layers.Conv2D(6, 3, padding="same", name="c2")(x)
+    x = keras.layers.BatchNormalization(name="b2")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    m = keras.Model(inp, keras.layers.Dense(3)(x))
+    rng = np.random.default_rng(0)
+    for name, scale in (("c1", 0.01), ("c2", 10.0)):
+        k = scale * rng.normal(size=m.get_layer(name).kernel.shape).astype("float32")
+        m.get_layer(name).set_weights([k, np.zeros(k.shape[-1], "float32")])
+
+    def fpgm(name):  # summed Euclidean distance of each filter to the others
+        f = m.get_layer(name).kernel.numpy().reshape(-1, m.get_layer(name).filters).T
+        return np.linalg.norm(f[:, None] - f[None], axis=-1).sum(1)
+
+    # raw distances: the small-scale first layer goes first, down to one channel
+    raw = plan_shrink(m, ratio=0.4, criterion="fpgm").bn_keep
+    assert len(raw["b1"]) == 1 and len(raw["b2"]) == 5
+    # per producer: the 4 lowest of fpgm / mean(fpgm) over both layers
+    per = plan_shrink(m, ratio=0.4, criterion="fpgm_layer").bn_keep
+    scores = [(v, n, i) for n in ("c1", "c2") for i, v in enumerate(fpgm(n) / fpgm(n).mean())]
+    gone = sorted(scores)[:4]
+    for n, b in (("c1", "b1"), ("c2", "b2")):
+        assert set(per[b]) == {i for _, nn, i in scores if nn == n} - {
+            i for _, nn, i in gone if nn == n
+        }
+    assert 1 < len(per["b1"]) and len(per["b2"]) < 6
+    assert "fpgm_layer" in list_criteria()

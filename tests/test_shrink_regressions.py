@@ -309,7 +309,7 @@ def test_models_without_gammas_prune_with_weight_criteria():
     m = keras.Model(i, L.Dense(3, name="fc")(x))
     with pytest.warns(UserWarning, match="none prunable"):
         assert plan_shrink(m, ratio=0.5).channels_removed == 0
-    for crit in ("l1", "l2", "fpgm", "l1_layer", "random"):
+    for crit in ("l1", "l2", "fpgm", "l1_layer", "fpgm_layer", "random"):
         plan = plan_shrink(m, ratio=0.5, criterion=crit)
         res = apply_plan(m, plan, verify="raise")
         assert res.exact

@@ -12,8 +12,9 @@ Two kinds:
   produce its channels (``LayerHandler.kernel_view``), so they work without
   BatchNormalization: ``"l1"``, ``"l2"`` (filter norms, Li et al. 2017),
   ``"fpgm"`` (distance to the other filters, the geometric-median criterion
-  of He et al. 2019), ``"l1_layer"`` (``"l1"`` divided by its mean in each
-  producer) and ``"random"``.
+  of He et al. 2019), ``"l1_layer"`` and ``"fpgm_layer"`` (``"l1"`` and
+  ``"fpgm"`` divided by their mean in each producer, so that a global
+  ranking compares layers on one scale) and ``"random"``.
 
 - **Data criteria**: :class:`TaylorCriterion` (first-order Taylor
   expansion of the loss, needs ``(x, y)``).
@@ -337,6 +338,7 @@ _CRITERIA: dict = {
     "l2": WeightCriterion("l2"),
     "fpgm": WeightCriterion("fpgm"),
     "l1_layer": WeightCriterion("l1", normalize="mean", name="l1_layer"),
+    "fpgm_layer": WeightCriterion("fpgm", normalize="mean", name="fpgm_layer"),
     "random": WeightCriterion("random"),
 }
 

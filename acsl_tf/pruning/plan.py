@@ -530,7 +530,8 @@ def _warn_collapsed(plan, crit_name, mode, value, min_channels, max_fraction) ->
     why = (
         f" Criterion {crit_name!r} is not normalised per layer: its scores grow with a "
         "layer's fan-in, so a global ranking empties the early layers first; use "
-        "criterion='l1_layer' (per-layer normalised L1), or"
+        f"criterion={'fpgm_layer' if crit_name == 'fpgm' else 'l1_layer'!r} (the same "
+        "scores normalised per layer), or"
         if raw
         else " If this is not intended,"
     )
