@@ -590,9 +590,9 @@ def summary_markdown(records: Sequence[dict], *, title: str = "Compression bench
             "data and recipe, but the code and its numerics had changed in between; "
             "retrained with unchanged code a baseline comes out identical, e.g. counting "
             "seed 3 at MAE 2.9399 in two sessions). "
-            "Pairs across two baselines are marked \u2020 above. Baselines are now kept "
-            "in `baselines/` next to the records and every record carries the weights' "
-            "fingerprint (`baseline_id`).",
+            "Pairs across two baselines are marked \u2020 above. Every record now "
+            "carries the baseline weights' fingerprint (`baseline_id`), and "
+            "`--baseline-store` keeps baselines beyond the work dir.",
             "",
             drift,
         ]
@@ -987,6 +987,31 @@ def _load_model(path: str):
     except Exception as e:  # a stale or unreadable cache is retrained
         _log(f"cache {path} unreadable ({type(e).__name__}: {e}); retraining")
         return None
+
+
+def _check_recorded_baseline(out_dir, mode, task_name, seed, baseline_id, metric) -> bool:
+    """Whether the baseline in use is the one the seed's baseline record was
+    made with (by fingerprint, or by metric for records without one); logs a
+    warning when not: the new runs will not be weight-identical to the
+    recorded ones (the summary marks such pairs)."""
+    path = record_path(out_dir, mode, task_name, seed, "baseline")
+    if not os.path.exists(path):
+        return True
+    with open(path) as f:
+        rec = json.load(f)
+    if rec.get("baseline_id"):
+        same = rec["baseline_id"] == baseline_id
+    else:
+        same = round(float(rec["metric"]), 6) == round(float(metric), 6)
+    if not same:
+        _log(
+            f"WARNING {task_name} seed {seed}: this baseline ({metric:.6f}, {baseline_id}) is "
+            f"not the one recorded in {path} ({float(rec['metric']):.6f}, "
+            f"{rec.get('baseline_id') or 'no fingerprint'}): the new runs will not be "
+            "weight-identical to the recorded ones of this seed. Keep baselines with "
+            "--baseline-store to avoid retraining them."
+        )
+    return same
 
 
 def weights_fingerprint(model) -> str:
@@ -1455,6 +1480,7 @@ def run_task_seed(
     base_seconds = time.time() - t0
     common["baseline_id"] = weights_fingerprint(base)
     base_metric = wf.evaluate(base, task)
+    _check_recorded_baseline(out_dir, mode, task_name, seed, common["baseline_id"], base_metric)
     base_row = wf.record(base, task, metric=base_metric)
     base_params, base_flops = base_row["params"], base_row["flops"]
     _log(
@@ -1864,13 +1890,11 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--baseline-store",
         default=None,
-        help="folder that keeps the trained baselines (<mode>/<task>/seed<N>.keras) so "
-        "later sessions reuse the same weights; default <out-dir>/baselines, 'none' to "
-        "keep them in --work-dir only",
+        help="a folder, e.g. on a disk that outlives --work-dir, that keeps the trained "
+        "baselines (<mode>/<task>/seed<N>.keras) and is read first, so that later runs "
+        "start from the same weights (default: --work-dir only)",
     )
     args = parser.parse_args(argv)
-    if args.baseline_store is None:
-        args.baseline_store = os.path.join(args.out_dir, "baselines")
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -1915,9 +1939,7 @@ def main(argv=None) -> int:
                     work_dir=args.work_dir,
                     distill=mcfg["distill"] and not args.no_distill,
                     export=not args.no_export,
-                    baseline_store=(
-                        None if args.baseline_store == "none" else args.baseline_store
-                    ),
+                    baseline_store=args.baseline_store,
                 )
                 if "tfmot" in methods and mcfg["tfmot"]:
                     run_tfmot(

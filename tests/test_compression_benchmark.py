@@ -376,12 +376,12 @@ def test_smoke_mode_end_to_end_and_resumes(tmp_path):
     assert by["baseline_long"]["params"] == by["baseline"]["params"]
     assert by["baseline_long"]["seconds_train"] > 0
     assert os.path.exists(os.path.join(out, "summary_smoke.md"))
-    # every run records the fingerprint of the one baseline, which is kept in
-    # the baseline store next to the records for later sessions
+    # every run records the fingerprint of the one baseline
     ids = {r["baseline_id"] for r in recs}
     assert len(ids) == 1
-    stored = cb._load_model(os.path.join(out, "baselines", "smoke", "classification", "seed0.keras"))
-    assert cb.weights_fingerprint(stored) == ids.pop()
+    base_id = ids.pop()
+    assert cb._check_recorded_baseline(out, "smoke", "classification", 0, base_id, 0.0)
+    assert not cb._check_recorded_baseline(out, "smoke", "classification", 0, "other", 0.0)
     # resumable: a second call finds every record and writes nothing new
     mtimes = {p: os.path.getmtime(p) for p in _json_files(out)}
     assert (
@@ -397,6 +397,23 @@ def test_smoke_mode_end_to_end_and_resumes(tmp_path):
         == 0
     )
     assert {p: os.path.getmtime(p) for p in _json_files(out)} == mtimes
+    # a baseline store is filled from the work dir's baseline and read first
+    store = str(tmp_path / "store")
+    os.remove(cb.record_path(out, "smoke", "classification", 0, "baseline"))
+    cb.run_task_seed(
+        "classification",
+        0,
+        mode="smoke",
+        methods=["baseline"],
+        targets=[0.5],
+        out_dir=out,
+        work_dir=work,
+        baseline_store=store,
+    )
+    stored = cb._load_model(os.path.join(store, "smoke", "classification", "seed0.keras"))
+    assert cb.weights_fingerprint(stored) == base_id
+    again = json.load(open(cb.record_path(out, "smoke", "classification", 0, "baseline")))
+    assert again["baseline_id"] == base_id
 
 
 def _json_files(root):
