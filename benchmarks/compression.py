@@ -507,6 +507,13 @@ OTHER_PAIRS = (
     ("dcp", "acsl"),
     ("dcp", "dcp_recon"),
     ("l1", "ns"),
+    ("cap", "ns"),
+    ("cap", "acsl"),
+    ("l1_layer", "ns"),
+    ("fpgm", "ns"),
+    ("fpgm_layer", "ns"),
+    ("taylor", "ns"),
+    ("random", "ns"),
     ("acsl_beta", "acsl"),
     ("ns_beta", "ns"),
 )
