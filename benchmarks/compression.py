@@ -406,8 +406,6 @@ def baseline_key(rec: dict):
     baseline's metric to 6 decimals (older records), else None."""
     if rec.get("baseline_id"):
         return ("id", rec["baseline_id"])
-    if rec.get("method") in ("baseline",) and rec.get("metric") is not None:
-        return ("metric", round(float(rec["metric"]), 6))
     if rec.get("baseline_metric") is not None:
         return ("metric", round(float(rec["baseline_metric"]), 6))
     return None
@@ -417,18 +415,16 @@ def same_baseline(r1: dict, r2: dict) -> bool:
     """Whether two runs of a seed started from the same baseline weights (as far
     as the records tell: fingerprints when both have one, else the baseline
     metric; records that tell nothing are taken as paired)."""
-    if r1.get("baseline_id") and r2.get("baseline_id"):
-        return r1["baseline_id"] == r2["baseline_id"]
-    m1, m2 = r1.get("baseline_metric"), r2.get("baseline_metric")
-    if m1 is None or m2 is None:
-        return True
-    return round(float(m1), 6) == round(float(m2), 6)
+    if not (r1.get("baseline_id") and r2.get("baseline_id")):
+        r1, r2 = ({k: v for k, v in r.items() if k != "baseline_id"} for r in (r1, r2))
+    k1, k2 = baseline_key(r1), baseline_key(r2)
+    return k1 is None or k2 is None or k1 == k2
 
 
 def baseline_drift_markdown(records: Sequence[dict]) -> str:
     """Per task and seed, how many distinct baselines the records started from
     and the spread of their unpruned metrics (a lost cache retrains the
-    baseline, and CPU training is not bit-reproducible across machines).
+    baseline, and the code had changed in between).
 
     Returns:
         Markdown text (a table), or "" when every seed has one baseline.
@@ -1006,10 +1002,8 @@ def _check_recorded_baseline(out_dir, mode, task_name, seed, baseline_id, metric
         return True
     with open(path) as f:
         rec = json.load(f)
-    if rec.get("baseline_id"):
-        same = rec["baseline_id"] == baseline_id
-    else:
-        same = round(float(rec["metric"]), 6) == round(float(metric), 6)
+    recorded = dict(baseline_id=rec.get("baseline_id"), baseline_metric=rec["metric"])
+    same = same_baseline(recorded, dict(baseline_id=baseline_id, baseline_metric=metric))
     if not same:
         _log(
             f"WARNING {task_name} seed {seed}: this baseline ({metric:.6f}, {baseline_id}) is "
@@ -1113,19 +1107,14 @@ def dcp_cache_stem(settings: dict) -> str:
 
 
 def collapsed_groups(caught) -> int:
-    """How many channel groups a plan cut down to ``min_channels``, read from
-    the :class:`acsl_tf.LayerCollapseWarning` among ``caught`` warnings
-    (0 without one)."""
-    import re
-
+    """How many channel groups a plan cut down to ``min_channels``: the
+    ``groups`` of the :class:`acsl_tf.LayerCollapseWarning` among ``caught``
+    warnings (0 without one)."""
     from acsl_tf import LayerCollapseWarning
 
-    for w in caught:
-        if issubclass(w.category, LayerCollapseWarning):
-            m = re.search(r"cut (\d+) of \d+ prunable channel groups", str(w.message))
-            if m:
-                return int(m.group(1))
-    return 0
+    return sum(
+        len(w.message.groups) for w in caught if isinstance(w.message, LayerCollapseWarning)
+    )
 
 
 def method_criterion(spec: dict, task):
@@ -1652,8 +1641,8 @@ def run_task_seed(
                         source, target_flops=t, criterion=method_criterion(spec, task), seed=seed
                     )
                 fields["collapsed_groups"] = collapsed_groups(caught)
-                for w in caught:  # shown as before
-                    warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+                for w in caught:  # re-issued through the filters in force
+                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
             else:
                 small, fields, keep = prune_dcp(
                     kind, source, aux, xc, yc, t, dset, options=spec["options"], task=task

@@ -920,12 +920,8 @@ def test_collapsed_groups_are_read_from_the_warning_and_listed():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         warnings.warn("something else", UserWarning, stacklevel=1)
-        warnings.warn(
-            "plan_shrink(target_flops=0.5, criterion='l1') cut 6 of 17 prunable channel "
-            "groups down to min_channels=1 (enc0_conv1_conv 16->1).",
-            LayerCollapseWarning,
-            stacklevel=1,
-        )
+        groups = tuple((f"conv{i}", 16, 1) for i in range(6))
+        warnings.warn(LayerCollapseWarning("cut 6 of 17 groups", groups), stacklevel=1)
     assert cb.collapsed_groups(caught) == 6
     assert cb.collapsed_groups(caught[:1]) == 0
     recs = [

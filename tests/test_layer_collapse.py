@@ -58,6 +58,10 @@ def test_global_raw_l1_collapses_the_unet_and_warns(unet):
     assert "min_channels=1" in msg and "criterion='l1_layer'" in msg and "max_fraction=" in msg
     collapsed = [g for g in plan.groups if g.prunable and g.size >= 4 and len(g.keep) == 1]
     assert f"cut {len(collapsed)} of" in msg and len(collapsed) >= 2
+    # the warning carries the groups: (first producer, channels before, kept)
+    assert [size for _, size, _ in rec[0].message.groups] == [g.size for g in collapsed]
+    assert {kept for _, _, kept in rec[0].message.groups} == {1}
+    assert rec[0].message.groups[0][0] in {n for n, _ in collapsed[0].members}
     # the first encoder level is among them (small fan-in, small L1)
     first = [g for g in collapsed if any(n.startswith("enc0_conv1") for n, _ in g.members)]
     assert first, _widths(plan)
@@ -87,6 +91,9 @@ def test_third_party_cnn_warns_at_a_high_ratio_and_the_cap_holds():
     model = _third_party_cnn()
     with pytest.warns(LayerCollapseWarning, match=r"conv2d(_\d+)? 32->1"):
         plan_shrink(model, target_flops=0.7, criterion="l1")
+    # max_fraction=1.0 is no cap: the same plan, the same warning
+    with pytest.warns(LayerCollapseWarning, match=r"conv2d(_\d+)? 32->1"):
+        plan_shrink(model, target_flops=0.7, criterion="l1", max_fraction=1.0)
     plan = plan_shrink(model, target_flops=0.7, criterion="l1", max_fraction=0.9)
     assert plan.flops_reduction >= 0.7
     assert all(len(g.keep) >= math.ceil(0.1 * g.size) for g in plan.groups if g.prunable)

@@ -33,7 +33,16 @@ class LayerCollapseWarning(UserWarning):
     of one or two channels is an information bottleneck that fine-tuning
     rarely recovers from. Typical cause: a raw weight criterion (``"l1"``,
     ``"l2"``, ``"fpgm"``) ranked globally, whose scores grow with a layer's
-    fan-in and so empty the early, high-resolution layers first."""
+    fan-in and so empty the early, high-resolution layers first.
+
+    Attributes:
+        groups: ``(layer name, channels before, channels kept)`` of every
+            group cut down to ``min_channels``.
+    """
+
+    def __init__(self, message: str, groups: tuple = ()):
+        super().__init__(message)
+        self.groups = tuple(groups)
 
 
 # Groups of at least this many channels cut to their floor are reported.
@@ -500,12 +509,16 @@ def plan_shrink(
     return plan
 
 
+def _fraction_floor(size: int, max_fraction: float | None) -> int:
+    """Channels ``max_fraction`` makes a group of ``size`` keep (0 without a cap)."""
+    if max_fraction is None:
+        return 0
+    return min(size, int(math.ceil(size * (1.0 - max_fraction) - 1e-9)))
+
+
 def _floor(size: int, min_channels: int, max_fraction: float | None) -> int:
     """Channels a group of ``size`` keeps at least."""
-    floor = min(min_channels, size)
-    if max_fraction is not None:
-        floor = max(floor, min(size, int(math.ceil(size * (1.0 - max_fraction) - 1e-9))))
-    return floor
+    return max(min(min_channels, size), _fraction_floor(size, max_fraction))
 
 
 def _warn_collapsed(plan, crit_name, mode, value, min_channels, max_fraction) -> None:
@@ -517,14 +530,15 @@ def _warn_collapsed(plan, crit_name, mode, value, min_channels, max_fraction) ->
         if g.prunable
         and g.size >= max(_COLLAPSE_MIN_SIZE, 2 * min_channels)
         and len(g.keep) <= min_channels
-        and (max_fraction is None or len(g.keep) < g.size * (1.0 - max_fraction))
+        and _fraction_floor(g.size, max_fraction) < len(g.keep)
     ]
     if not hit:
         return
-    names = []
-    for g in hit[:6]:
+    groups = []
+    for g in hit:
         outs = [n for n, role in g.members if role == "out"] or [g.members[0][0]]
-        names.append(f"{outs[0]} {g.size}->{len(g.keep)}")
+        groups.append((outs[0], g.size, len(g.keep)))
+    names = [f"{n} {size}->{kept}" for n, size, kept in groups[:6]]
     more = f" and {len(hit) - 6} more" if len(hit) > 6 else ""
     raw = crit_name in ("l1", "l2", "fpgm")
     why = (
@@ -535,17 +549,16 @@ def _warn_collapsed(plan, crit_name, mode, value, min_channels, max_fraction) ->
         if raw
         else " If this is not intended,"
     )
-    warnings.warn(
+    msg = (
         f"plan_shrink({mode}={value!r}, criterion={crit_name!r}) cut {len(hit)} of "
         f"{sum(g.prunable for g in plan.groups)} prunable channel groups down to "
         f"min_channels={min_channels} ({', '.join(names)}{more}). A layer of so few "
         "channels is an information bottleneck that fine-tuning rarely recovers from "
-        "(a U-Net pruned this way predicts one class everywhere).{why} cap the cut per "
+        f"(a U-Net pruned this way predicts one class everywhere).{why} cap the cut per "
         "group with max_fraction= (e.g. 0.9 keeps 10% of every layer) or raise "
-        "min_channels=.".replace("{why}", why),
-        LayerCollapseWarning,
-        stacklevel=3,
+        "min_channels=."
     )
+    warnings.warn(LayerCollapseWarning(msg, groups), stacklevel=3)
 
 
 def _from_tf_keras(model):
